@@ -1,0 +1,88 @@
+"""Small shared helpers: devices, seeding, hashing and atomic writes.
+
+Everything in :mod:`lfxai_utils` that writes a file goes through :func:`atomic_write`
+so that an interrupted run never leaves a half-written checkpoint, cache or CSV behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+    """Return a :class:`torch.device`; ``"auto"``/``None`` picks CUDA when present, else CPU."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; "
+            "use device='cpu' or device='auto'."
+        )
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a torch Generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def md5_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex md5 of a file (only for checking publishers' published md5 values)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    >>> with atomic_write("out.csv", "w") as f:   # doctest: +SKIP
+    ...     f.write("a,b\\n")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)

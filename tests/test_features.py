@@ -1,0 +1,255 @@
+"""Label-free feature importance against closed forms (linear encoders), completeness, invariances."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients, Saliency
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lfxai_utils.features import (
+    FEATURE_METHODS,
+    _gradient_mode,
+    attribute_dataset,
+    attribute_units_dataset,
+    label_free_attribution,
+    per_unit_attribution,
+)
+
+
+def linear_encoder(in_shape, d=3, seed=0):
+    torch.manual_seed(seed)
+    D = int(np.prod(in_shape))
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(D, d, bias=False))
+    return enc.eval(), enc[1].weight.detach().clone()
+
+
+def closed_form(x, W, baseline=0.0):
+    """x (.) W^T W x  for g_x(x~) = <Wx, Wx~>; (x - x_bar) (.) W^T W x with a baseline."""
+    grad = (x.flatten(1) @ W.T @ W).view_as(x)
+    return (x - baseline) * grad, grad
+
+
+def mlp(D, d=3, seed=0, scale=2.0):
+    torch.manual_seed(seed)
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, d), nn.Tanh())
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.mul_(scale)
+    return enc.eval()
+
+
+def conv_encoder(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.Tanh()).eval()
+
+
+class LastHidden(nn.Module):
+    """LSTM encoder of a series (N, T, 1): last hidden state (N, d)."""
+
+    def __init__(self, d=4):
+        super().__init__()
+        self.rnn = nn.LSTM(1, d, batch_first=True)
+
+    def forward(self, s):
+        return self.rnn(s)[0][:, -1]
+
+
+SHAPES = [(6, 1, 4, 4), (5, 7)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_linear_closed_form(shape):
+    x = torch.rand(shape)
+    enc, W = linear_encoder(shape[1:])
+    exact, grad = closed_form(x, W)
+    ig = label_free_attribution(enc, x, "integrated_gradients")
+    gs = label_free_attribution(enc, x, "gradient_shap", n_samples=7, generator=torch.Generator().manual_seed(0))
+    sal = label_free_attribution(enc, x, "saliency")
+    assert ig.shape == gs.shape == sal.shape == x.shape and not ig.requires_grad
+    torch.testing.assert_close(ig, exact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gs, exact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sal, grad.abs(), atol=1e-6, rtol=1e-6)
+    # nonzero baselines: one example without batch dim, a callable (per-input), a tensor per input
+    xbar = torch.rand(shape[1:])
+    torch.testing.assert_close(label_free_attribution(enc, x, "integrated_gradients", xbar),
+                               closed_form(x, W, xbar)[0], atol=1e-5, rtol=1e-5)
+    for method in ("integrated_gradients", "gradient_shap"):
+        torch.testing.assert_close(label_free_attribution(enc, x, method, lambda t: 0.3 * t),
+                                   closed_form(x, W, 0.3 * x)[0], atol=1e-5, rtol=1e-5)
+        per_input = torch.rand(shape)
+        torch.testing.assert_close(label_free_attribution(enc, x, method, per_input),
+                                   closed_form(x, W, per_input)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_as_published_pairing_bug():
+    x = torch.rand(6, 1, 4, 4)
+    enc, W = linear_encoder((1, 4, 4))
+    exact, _ = closed_form(x, W)
+    g = torch.Generator().manual_seed(1)
+    ig = label_free_attribution(enc, x, "integrated_gradients", pairing="as_published")
+    torch.testing.assert_close(ig, exact, atol=1e-5, rtol=1e-5)  # block order: IG is paired correctly
+    sal = label_free_attribution(enc, x, "saliency", pairing="as_published")
+    torch.testing.assert_close(sal, label_free_attribution(enc, x, "saliency"))
+    gs = label_free_attribution(enc, x, "gradient_shap", pairing="as_published", generator=g)
+    assert (gs - exact).abs().max() > 0.1 * exact.abs().max()  # interleaved NoiseTunnel: wrong examples paired
+    # a batch of one cannot be mispaired
+    gs1 = label_free_attribution(enc, x[:1], "gradient_shap", pairing="as_published", generator=g)
+    torch.testing.assert_close(gs1, exact[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_shap_batch_size_invariance():
+    x = torch.rand(4, 1, 4, 4)
+    enc = mlp(16)
+    # matched seeds: captum draws the alphas of example 0 first in both calls -> identical
+    full = label_free_attribution(enc, x, "gradient_shap", generator=torch.Generator().manual_seed(3))
+    alone = label_free_attribution(enc, x[:1], "gradient_shap", generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(full[:1], alone, atol=1e-6, rtol=1e-6)
+    bug = label_free_attribution(enc, x, "gradient_shap", pairing="as_published",
+                                 generator=torch.Generator().manual_seed(3))
+    assert (bug[:1] - alone).abs().max() > 0.05 * alone.abs().max()
+    # in expectation every example matches its batch-of-one value (both converge to IG)
+    g = torch.Generator().manual_seed(0)
+    batch = label_free_attribution(enc, x, "gradient_shap", n_samples=2000, generator=g)
+    single = torch.cat([label_free_attribution(enc, x[i:i + 1], "gradient_shap", n_samples=2000, generator=g)
+                        for i in range(len(x))])
+    ig = label_free_attribution(enc, x, "integrated_gradients", n_steps=100)
+    tol = 0.03 * ig.abs().max()
+    assert (batch - single).abs().max() < tol and (batch - ig).abs().max() < tol
+    bug = label_free_attribution(enc, x, "gradient_shap", n_samples=2000, generator=g, pairing="as_published")
+    assert (bug - ig).abs().max() > 5 * tol
+
+
+def test_generator_reproducible_and_global_rng_untouched():
+    x = torch.rand(3, 5)
+    enc = mlp(5)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    state_t, state_np = torch.get_rng_state(), np.random.get_state()[1].copy()
+    a = label_free_attribution(enc, x, "gradient_shap", generator=torch.Generator().manual_seed(7))
+    b = label_free_attribution(enc, x, "gradient_shap", generator=torch.Generator().manual_seed(7))
+    c = label_free_attribution(enc, x, "gradient_shap", generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state_t) and np.array_equal(np.random.get_state()[1], state_np)
+    r1 = label_free_attribution(enc, x, "random", generator=torch.Generator().manual_seed(0))
+    r2 = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(r1, r2)
+
+
+@pytest.mark.parametrize("make", ["mlp", "conv"])
+def test_integrated_gradients_completeness(make):
+    if make == "mlp":
+        enc, x = mlp(16), torch.rand(5, 1, 4, 4)
+    else:
+        enc, x = conv_encoder(), torch.rand(3, 3, 8, 8)
+    xbar = 0.5 * torch.rand(x.shape[1:])
+    a = label_free_attribution(enc, x, "integrated_gradients", xbar, n_steps=200)
+    with torch.no_grad():
+        z, zbar = enc(x), enc(xbar[None])
+    expected = (z * z).sum(1) - (z * zbar).sum(1)
+    torch.testing.assert_close(a.flatten(1).sum(1), expected, rtol=1e-2, atol=1e-4)
+    # internal batching does not change IG
+    torch.testing.assert_close(
+        label_free_attribution(enc, x, "integrated_gradients", xbar, n_steps=200, internal_batch_size=64), a,
+        atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "gradient_shap", "saliency"])
+def test_orthogonal_invariance(method):
+    enc, x = conv_encoder(), torch.rand(4, 3, 8, 8)
+    Q, _ = torch.linalg.qr(torch.randn(5, 5))
+    rotated = nn.Sequential(enc, nn.Linear(5, 5, bias=False)).eval()
+    rotated[1].weight.data = Q
+    a = label_free_attribution(enc, x, method, generator=torch.Generator().manual_seed(0))
+    b = label_free_attribution(rotated, x, method, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method,kw", [("integrated_gradients", {"n_steps": 16}), ("saliency", {"abs": False})])
+def test_per_unit_decomposition(method, kw):
+    enc, x = conv_encoder(), torch.rand(3, 3, 8, 8)
+    units = per_unit_attribution(enc, x, method, absolute=False, reduce_channels=False, **kw)
+    assert units.shape == (3, 5, 3, 8, 8)
+    torch.testing.assert_close(units.sum(1), label_free_attribution(enc, x, method, **kw), atol=1e-5, rtol=1e-4)
+    # against the ORIG loop over units: |z_j * a(f_j, x)| with target=j, channel mean first
+    cls = IntegratedGradients if method == "integrated_gradients" else Saliency
+    with torch.no_grad():
+        z = enc(x)
+    ref = torch.stack([z[:, j, None, None] * cls(enc).attribute(x.clone().requires_grad_(), target=j, **kw).mean(1)
+                       for j in range(5)], 1).abs()
+    torch.testing.assert_close(per_unit_attribution(enc, x, method, **kw), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_per_unit_linear_gradient_shap_and_shapes():
+    x = torch.rand(4, 1, 4, 4)
+    enc, W = linear_encoder((1, 4, 4))
+    z = x.flatten(1) @ W.T
+    exact = (z[:, :, None] * W[None]).view(4, 3, 4, 4) * x  # z_j * x (.) w_j
+    got = per_unit_attribution(enc, x, "gradient_shap", absolute=False, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, exact, atol=1e-5, rtol=1e-5)
+    chunked = per_unit_attribution(enc, x, "gradient_shap", internal_batch_size=10)
+    torch.testing.assert_close(chunked, exact.abs(), atol=1e-5, rtol=1e-5)
+    assert per_unit_attribution(enc, x, "random").shape == (4, 3, 4, 4)
+    # series (N, T, 1) -> (N, d, T) with an LSTM encoder
+    torch.manual_seed(0)
+    enc, s = LastHidden().eval(), torch.randn(3, 10, 1)
+    out = per_unit_attribution(enc, s, "integrated_gradients", n_steps=8)
+    assert out.shape == (3, 4, 10) and (out >= 0).all()
+    assert label_free_attribution(enc, s, "integrated_gradients", n_steps=8).shape == s.shape
+
+
+def test_attribute_dataset_batches_and_modes():
+    enc = conv_encoder()
+    enc.train()
+    enc[0].eval()  # mixed modes must come back exactly
+    x = torch.rand(10, 3, 8, 8)
+    whole = label_free_attribution(enc, x, "integrated_gradients", n_steps=8)
+    for data in (x, TensorDataset(x, torch.zeros(10)), DataLoader(TensorDataset(x, torch.zeros(10)), batch_size=4)):
+        out = attribute_dataset(enc, data, "integrated_gradients", batch_size=4, device="cpu", progress=False, n_steps=8)
+        assert out.shape == x.shape  # 4 + 4 + 2: last partial batch kept
+        torch.testing.assert_close(out, whole, atol=1e-6, rtol=1e-5)
+    assert enc.training and not enc[0].training and enc[1].training
+    # a per-example baseline tensor is sliced per batch
+    xbar = torch.rand(10, 3, 8, 8)
+    torch.testing.assert_close(
+        attribute_dataset(enc, x, "integrated_gradients", xbar, batch_size=3, device="cpu", progress=False, n_steps=8),
+        label_free_attribution(enc, x, "integrated_gradients", xbar, n_steps=8), atol=1e-6, rtol=1e-5)
+    units = attribute_units_dataset(enc, x, "saliency", batch_size=4, device="cpu", progress=False)
+    torch.testing.assert_close(units, per_unit_attribution(enc, x, "saliency"), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="drop_last"):
+        attribute_dataset(enc, DataLoader(x, batch_size=4, drop_last=True), "saliency", progress=False)
+    with pytest.raises(ValueError, match="shuffle"):
+        attribute_dataset(enc, DataLoader(x, batch_size=4, shuffle=True), "saliency", progress=False)
+
+
+def test_rnn_mode_switch_only_for_cuda():
+    enc = nn.Sequential(nn.LSTM(1, 4, batch_first=True)).eval()
+    with _gradient_mode(enc, torch.device("cpu")):
+        assert not enc[0].training
+    with _gradient_mode(enc, torch.device("cuda")):  # only flips flags; no CUDA op runs
+        assert enc[0].training
+    assert not enc[0].training
+    deep = nn.LSTM(1, 4, num_layers=2, dropout=0.5).eval()  # train mode would switch dropout on
+    with _gradient_mode(deep, torch.device("cuda")):
+        assert not deep.training and not torch.backends.cudnn.enabled
+    assert torch.backends.cudnn.enabled and not deep.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lstm_on_cuda_eval_mode():
+    enc = LastHidden().cuda().eval()  # cuDNN RNN backward fails in eval mode unless handled
+    s = torch.randn(3, 10, 1, device="cuda")
+    out = label_free_attribution(enc, s, "gradient_shap")
+    assert out.shape == s.shape and not enc.training and not enc.rnn.training
+
+
+def test_errors():
+    enc, x = mlp(5), torch.rand(2, 5)
+    with pytest.raises(ValueError, match="integrated_gradients"):
+        label_free_attribution(enc, x, "deeplift")
+    with pytest.raises(ValueError, match="as_published"):
+        label_free_attribution(enc, x, "saliency", pairing="buggy")
+    with pytest.raises(ValueError, match="baseline"):
+        label_free_attribution(enc, x, "integrated_gradients", torch.zeros(3, 5))
+    assert FEATURE_METHODS == ("integrated_gradients", "gradient_shap", "saliency", "random")

@@ -1,0 +1,211 @@
+"""The training loop: loss decrease, seeded reproducibility, data paths, early stopping, TracIn
+checkpoints and divergence errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from lfxai_utils.models import build_model
+from lfxai_utils.training import TrainingDivergedError, TrainResult, evaluate_loss, fit
+
+
+class TinyAE(nn.Module):
+    """Linear 8 → 2 → 8 autoencoder with the uniform ``loss(batch)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = nn.Linear(8, 2), nn.Linear(2, 8)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+    def loss(self, batch):
+        return F.mse_loss(self(batch[0]), batch[0])
+
+
+def tiny_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g) @ torch.randn(2, 8, generator=g) + 0.05 * torch.randn(n, 8, generator=g)
+    return x, torch.arange(n) % 3
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return TinyAE()
+
+
+class ItemDataset(Dataset):
+    """Per-item dataset (generic path)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class FastDataset(ItemDataset):
+    """Dataset with the ArrayDataset-style ``tensors(indices)`` fast path."""
+
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.calls = 0
+
+    def tensors(self, indices=None):
+        self.calls += 1
+        idx = slice(None) if indices is None else indices
+        return self.x[idx], self.y[idx]
+
+
+def states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_short_mnist_run_lowers_the_loss():
+    g = torch.Generator().manual_seed(0)
+    # blurry blobs: learnable structure
+    x = F.avg_pool2d(torch.rand(80, 1, 28, 28, generator=g), 7, stride=1, padding=3).clamp(0, 1)
+    model = (torch.manual_seed(0), build_model("mnist_ae", pretext="denoising"))[1]
+    res = fit(model, (x, torch.zeros(80, dtype=torch.long)), n_epochs=4, batch_size=16, lr=3e-3,
+              device="cpu", progress=False, seed=0)
+    assert isinstance(res, TrainResult) and res.epochs_run == 4 and (res.n_train, res.n_val) == (72, 8)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]
+    assert not model.training
+
+
+def test_same_seed_identical_weights_and_different_seed_differs():
+    x, y = tiny_data()
+    runs = []
+    for seed in (5, 5, 6):
+        model = tiny_model()
+        res = fit(model, (x, y), n_epochs=3, batch_size=10, seed=seed, device="cpu", progress=False)
+        runs.append((model.state_dict(), res.history))
+    assert states_equal(runs[0][0], runs[1][0]) and runs[0][1] == [
+        {**h, "seconds": runs[0][1][i]["seconds"]} for i, h in enumerate(runs[1][1])]
+    assert not states_equal(runs[0][0], runs[2][0])
+
+
+def test_fast_path_generic_path_and_tuple_agree():
+    x, y = tiny_data()
+    fast = FastDataset(x, y)
+    results = []
+    for data in [(x, y), TensorDataset(x, y), fast, ItemDataset(x, y)]:
+        model = tiny_model()
+        fit(model, data, n_epochs=2, batch_size=16, seed=1, device="cpu", progress=False)
+        results.append(model.state_dict())
+    assert fast.calls > 0
+    for r in results[1:]:
+        assert states_equal(results[0], r)
+    # a Subset of a fast dataset is indexed through the parent's tensors()
+    fast.calls = 0
+    sub = Subset(fast, list(range(0, 96, 2)))
+    model = tiny_model()
+    res = fit(model, sub, n_epochs=1, batch_size=16, seed=1, device="cpu", progress=False)
+    assert fast.calls > 0 and res.n_train + res.n_val == 48
+
+
+def test_validation_split_and_options():
+    x, y = tiny_data(100)
+    res = fit(tiny_model(), (x, y), n_epochs=1, batch_size=32, val_fraction=0.2, device="cpu", progress=False)
+    assert (res.n_train, res.n_val) == (80, 20)
+    xv, yv = tiny_data(30, seed=1)
+    res = fit(tiny_model(), (x, y), val_data=(xv, yv), n_epochs=1, batch_size=32, max_train_examples=50,
+              device="cpu", progress=False)
+    assert (res.n_train, res.n_val) == (50, 30)
+    model = tiny_model()
+    res = fit(model, (x, y), val_data=(xv, yv), n_epochs=1, batch_size=32, device="cpu", progress=False)
+    assert res.best_val_loss == pytest.approx(evaluate_loss(model, (xv, yv), device="cpu"))
+    res = fit(tiny_model(), (x, y), val_fraction=0.0, n_epochs=2, batch_size=32, device="cpu", progress=False)
+    assert res.best_val_loss is None and res.n_val == 0 and res.history[0]["val_loss"] is None and res.best_epoch == 1
+    res = fit(tiny_model(), (x, y), n_epochs=2, batch_size=32, optimizer="sgd_nesterov", scheduler="cosine",
+              lr=0.01, drop_last=True, device="cpu", progress=False)
+    assert res.epochs_run == 2
+    with pytest.raises(ValueError, match="adam, sgd_nesterov"):
+        fit(tiny_model(), (x, y), n_epochs=1, batch_size=8, optimizer="rmsprop", progress=False)
+    with pytest.raises(TypeError, match="loss"):
+        fit(nn.Linear(8, 8), (x, y), n_epochs=1, batch_size=8, progress=False)
+
+
+class Scripted(nn.Module):
+    """Training moves ``w`` towards 1 (so every epoch has different weights); validation losses are scripted;
+    the training loss turns NaN at a chosen (epoch, batch)."""
+
+    def __init__(self, val_losses=(), nan_at=None):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.val_losses, self.nan_at = list(val_losses), nan_at
+        self.val_calls, self.train_calls = 0, 0
+
+    def loss(self, batch):
+        if not self.training:
+            self.val_calls += 1
+            return torch.tensor(self.val_losses[self.val_calls - 1])
+        self.train_calls += 1
+        loss = (self.w - 1).pow(2).sum()
+        return loss * float("nan") if self.train_calls == self.nan_at else loss
+
+
+def test_early_stopping_stops_and_restores_best():
+    x = torch.ones(20, 1)
+    model = Scripted([5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 4.1])
+    res = fit(model, (x,), val_data=(torch.ones(4, 1),), n_epochs=10, batch_size=10, patience=2,
+              checkpoint_every=1, lr=0.1, device="cpu", progress=False)
+    assert res.stopped_early and res.epochs_run == 5 and res.best_epoch == 2 and res.best_val_loss == 3.0
+    epochs = [e for e, _ in res.tracin_checkpoints]
+    assert epochs == [0, 1, 2, 3, 4]
+    best = dict(res.tracin_checkpoints)[2]
+    assert torch.equal(model.w.detach(), best["w"])
+    assert not torch.equal(best["w"], dict(res.tracin_checkpoints)[4]["w"])
+    # patience=None: no early stopping, the best weights are still restored
+    model = Scripted([5.0, 4.0, 3.0, 3.5, 3.6, 3.7])
+    res = fit(model, (x,), val_data=(torch.ones(4, 1),), n_epochs=6, batch_size=10, patience=None,
+              device="cpu", progress=False)
+    assert res.epochs_run == 6 and not res.stopped_early and res.best_epoch == 2
+
+
+def test_tracin_checkpoints_every_k_are_cpu_copies():
+    x = torch.ones(20, 1)
+    model = Scripted([1.0] * 7)
+    res = fit(model, (x,), val_data=(torch.ones(2, 1),), n_epochs=7, batch_size=10, patience=None,
+              checkpoint_every=3, lr=0.1, device="cpu", progress=False)
+    assert [e for e, _ in res.tracin_checkpoints] == [0, 3, 6]
+    ws = [s["w"].item() for _, s in res.tracin_checkpoints]
+    assert len(set(ws)) == 3  # weights changed between checkpoints
+    w_before = res.tracin_checkpoints[0][1]["w"].clone()
+    with torch.no_grad():
+        model.w.add_(100.0)
+    assert torch.equal(res.tracin_checkpoints[0][1]["w"], w_before)
+    assert res.summary()["tracin_epochs"] == [0, 3, 6]
+
+
+def test_nan_loss_raises_training_diverged_error():
+    x = torch.ones(30, 1)
+    model = Scripted([1.0] * 5, nan_at=5)  # 3 batches per epoch -> epoch 1, batch 1
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, batch 1.*lower the learning rate"):
+        fit(model, (x,), val_data=(torch.ones(2, 1),), n_epochs=5, batch_size=10, device="cpu", progress=False)
+    with pytest.raises(TrainingDivergedError, match="epoch 0"):
+        fit(tiny_model(), tiny_data(), n_epochs=2, batch_size=16, lr=1e30, device="cpu", progress=False)
+
+
+def test_array_dataset_fast_path_matches_float_tensors():
+    data = pytest.importorskip("lfxai_utils.data")
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8, generator=g)
+    ds = data.ArrayDataset(raw, torch.arange(40) % 10, 1 / 255)
+    x, y = ds.tensors()
+    assert x.dtype == torch.float32 and torch.allclose(x, raw.float() / 255)
+    states = []
+    for d in (ds, (x, y)):
+        torch.manual_seed(0)
+        model = build_model("mnist_classifier")
+        fit(model, d, n_epochs=1, batch_size=16, seed=2, device="cpu", progress=False)
+        states.append(model.state_dict())
+    assert states_equal(*states)

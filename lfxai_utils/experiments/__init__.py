@@ -1,0 +1,74 @@
+"""Experiment-level code behind the notebooks: one module per claim, plus the book's page registry.
+
+The notebooks stay thin (parameters → data → model → explanation → metric → figure → verdict); everything they
+call lives here or in the lower-level modules, and is tested.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..book import Chapter, Page
+
+# notebook stem -> module in this package that knows its data and checkpoints
+_MODULES = {
+    "claim1_feature_consistency": "feature_consistency",
+    "claim1_example_consistency": "example_consistency",
+    "claim1_roar": "roar",
+    "claim2_pretext": "pretext",
+    "claim3_disentanglement": "disentanglement",
+    "claim3_feature_visualisation": "feature_visualisation",
+    "encoder_vs_decoder": "encoder_vs_decoder",
+}
+
+
+def module_for(notebook: str):
+    if notebook not in _MODULES:
+        raise ValueError(f"unknown notebook {notebook!r}; valid: {sorted(_MODULES)}")
+    return importlib.import_module(f".{_MODULES[notebook]}", __name__)
+
+
+def data_requirements(notebook: str, dataset: str, model: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(dataset name, load_dataset kwargs) pairs the page needs."""
+    return module_for(notebook).data_requirements(dataset, model)
+
+
+def required_checkpoints(notebook: str, dataset: str, model: str | None = None) -> list[str]:
+    """Checkpoint names the page loads in inference mode (with the book's parameters)."""
+    return module_for(notebook).required_checkpoints(dataset, model)
+
+
+def _pages(notebook: str, label: str, datasets: list[tuple[str, str | None]], params: dict | None = None):
+    names = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+             "dsprites": "dSprites"}
+    out = []
+    for ds, model in datasets:
+        title = f"{label}: {names[ds]}" + (f" ({model.upper() if model == 'simclr' else model})" if model else "")
+        out.append(Page(notebook, ds, title, model, dict(params or {})))
+    return tuple(out)
+
+
+BOOK_CHAPTERS: list[Chapter] = [
+    Chapter("Claim 1.1 — feature-importance consistency", "claim1_feature_consistency", "claim1_feature_consistency",
+            _pages("claim1_feature_consistency", "Feature consistency",
+                   [("mnist", None), ("ecg5000", None), ("cifar10", None), ("cifar100", None),
+                    ("cifar10", "simclr")])),
+    Chapter("Claim 1.2 — example-importance consistency", "claim1_example_consistency", "claim1_example_consistency",
+            _pages("claim1_example_consistency", "Example consistency",
+                   [("mnist", None), ("ecg5000", None), ("cifar10", None), ("cifar100", None),
+                    ("cifar10", "simclr")])),
+    Chapter("Appendix C — remove and retrain (ROAR)", "claim1_roar", "claim1_roar",
+            _pages("claim1_roar", "ROAR", [("mnist", None), ("cifar10", None), ("cifar100", None)])),
+    Chapter("Claim 2 — pretext-task sensitivity", "claim2_pretext", "claim2_pretext",
+            _pages("claim2_pretext", "Pretext tasks", [("mnist", None), ("cifar10", None), ("cifar100", None)])),
+    Chapter("Claim 3 — disentangled VAEs", "claim3_disentanglement", "claim3_disentanglement",
+            _pages("claim3_disentanglement", "Disentanglement",
+                   [("mnist", None), ("dsprites", None), ("cifar10", None), ("cifar100", None)])),
+    Chapter("Extension — feature visualisation of VAE units", "claim3_feature_visualisation",
+            "claim3_feature_visualisation",
+            _pages("claim3_feature_visualisation", "Feature visualisation",
+                   [("mnist", None), ("cifar10", None), ("cifar100", None)])),
+    Chapter("Extension — encoder vs decoder / full model", "encoder_vs_decoder", "encoder_vs_decoder",
+            _pages("encoder_vs_decoder", "Encoder vs full model",
+                   [("mnist", None), ("cifar10", None), ("cifar100", None)])),
+]

@@ -1,0 +1,286 @@
+"""What every claim notebook shares: parameter validation, data, models from checkpoints, outputs.
+
+A notebook calls :func:`setup` with its papermill parameters and gets an :class:`Experiment` that knows
+
+* the **mode**: ``"inference"`` (load the shipped checkpoints, never train), ``"train"`` (train every model the
+  notebook needs at the paper's settings and save it into ``checkpoint_dir``) or ``"smoke"`` (a seconds-long run
+  on generated fixtures with tiny models in a temporary folder: it proves the notebook works, not the claim);
+* where the data and the checkpoints are, and where results go (``output_dir``: CSVs, figures, ``summary.csv``).
+
+One code path for every dataset: the per-dataset settings live in :data:`AE_SPECS` and :func:`baseline_for`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .._utils import atomic_write, resolve_device, seed_everything
+from ..checkpoints import (CheckpointMismatchError, CheckpointNotFoundError, checkpoint_name, load_checkpoint, load_tracin_checkpoints,
+                           read_manifest, save_checkpoint)
+from ..data import DATASETS, DatasetSplits, load_dataset
+from ..models import build_model
+from ..report import Verdict, write_csv, write_summary
+from ..training import TrainResult, fit
+
+MODES = ("inference", "train", "smoke")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+DATASET_LABELS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                  "dsprites": "dSprites"}
+
+
+# ------------------------------------------------------------------------------------------ model specs
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture plus the paper's training settings for one model.
+
+    ``identity`` are the settings a checkpoint must match to be reused (what the model *is*: pretext, loss, β,
+    run); the training budget (epochs, batch size) is recorded in the manifest but not matched, so that a
+    checkpoint trained on a bigger budget still loads.
+    """
+
+    arch: str
+    arch_kwargs: Mapping[str, Any]
+    n_epochs: int
+    batch_size: int
+    patience: int | None = 10
+    lr: float = 1e-3
+    checkpoint_every: int | None = None
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_(self, **changes: Any) -> "ModelSpec":
+        return replace(self, **changes)
+
+
+#: The denoising / reconstruction autoencoder of Experiments 1, 2 and 4, per dataset (experiments.md §2, §3).
+AE_SPECS: dict[str, ModelSpec] = {
+    "mnist": ModelSpec("mnist_ae", {"latent_dim": 4, "pretext": "denoising"}, n_epochs=100, batch_size=300),
+    "ecg5000": ModelSpec("ecg_ae", {"latent_dim": 64}, n_epochs=150, batch_size=20),
+    "cifar10": ModelSpec("cifar_ae", {"latent_dim": 16, "pretext": "denoising"}, n_epochs=100, batch_size=300),
+    "cifar100": ModelSpec("cifar_ae", {"latent_dim": 16, "pretext": "denoising"}, n_epochs=100, batch_size=300),
+}
+
+#: What a smoke run shrinks every model to (the point is to exercise the code path, in seconds).
+SMOKE_TRAINING = {"n_epochs": 2, "patience": None}
+
+
+def check_choice(name: str, value: Any, valid: Sequence[Any]) -> Any:
+    """Return ``value`` if it is one of ``valid``; else raise ``ValueError`` naming the valid values."""
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid values: {', '.join(map(repr, valid))}")
+    return value
+
+
+def dataset_label(dataset: str) -> str:
+    return DATASET_LABELS.get(dataset, dataset)
+
+
+def json_data_info(splits: DatasetSplits) -> dict[str, Any]:
+    """The JSON-plain part of ``splits.info`` that a checkpoint manifest records (files, sizes, notes)."""
+    keep = ("name", "files", "n_train", "n_test", "split_seed", "notes", "mode", "image_size", "n_classes")
+    out = {k: splits.info[k] for k in keep if k in splits.info}
+    return json.loads(json.dumps(out, default=str))
+
+
+def baseline_for(dataset: str, splits: DatasetSplits, model: str | None = None):
+    """The attribution and masking baseline of experiments.md §2.
+
+    Zero image for MNIST/CIFAR autoencoders, the mean normal training beat for ECG5000, and for SimCLR a callable
+    giving each image's own GaussianBlur(kernel 21, σ=5).
+    """
+    if model == "simclr":
+        from torchvision.transforms.functional import gaussian_blur
+
+        return lambda x: gaussian_blur(x, kernel_size=[21, 21], sigma=[5.0, 5.0])
+    if dataset == "ecg5000":
+        if "baseline" not in splits.info:
+            raise ValueError("the ECG5000 baseline (mean normal beat) needs load_dataset(..., ecg_mode='features')")
+        return splits.info["baseline"].unsqueeze(0).float()
+    x0, _ = splits.test[0]
+    return torch.zeros((1, *x0.shape))
+
+
+def _check_identity(manifest: Mapping[str, Any], identity: Mapping[str, Any], name: str, hint: str) -> None:
+    """The checkpoint's settings must agree with ``identity`` on every key it names (the budget may differ)."""
+    saved = manifest.get("settings", {})
+    want = json.loads(json.dumps(dict(identity)))
+    diff = [f"  {k}: checkpoint={saved.get(k, '<absent>')!r}, requested={v!r}" for k, v in want.items()
+            if saved.get(k, "<absent>") != v]
+    if diff:
+        raise CheckpointMismatchError(f"checkpoint {name!r} is not the requested model:\n" + "\n".join(diff)
+                                      + f"\nRetrain it: {hint}")
+
+
+# ------------------------------------------------------------------------------------------ the experiment
+@dataclass
+class Experiment:
+    """A notebook's run: validated parameters plus helpers for data, models and outputs."""
+
+    notebook: str
+    dataset: str
+    mode: str
+    model: str | None
+    seed: int
+    device: torch.device
+    data_dir: Path | None
+    output_dir: Path
+    checkpoint_dir: Path
+    reuse_checkpoints: bool = False
+    progress: bool = True
+    trained: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+
+    # -------------------------------------------------------------- mode helpers
+    @property
+    def smoke(self) -> bool:
+        return self.mode == "smoke"
+
+    @property
+    def label(self) -> str:
+        return dataset_label(self.dataset) + (f" ({self.model})" if self.model else "")
+
+    def size(self, normal: Any, smoke: Any) -> Any:
+        """``smoke`` in a smoke run, ``normal`` otherwise (budgets: examples explained, epochs, steps, …)."""
+        return smoke if self.smoke else normal
+
+    def papermill_command(self, mode: str = "train", **extra: Any) -> str:
+        params = {"dataset": self.dataset, **({"model": self.model} if self.model else {}), "mode": mode, **extra}
+        args = " ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in params.items())
+        return f"papermill notebooks/{self.notebook}.ipynb out.ipynb {args}"
+
+    def describe(self) -> str:
+        what = {"inference": "inference from the checkpoints in", "train": "training every model into",
+                "smoke": "SMOKE TEST (generated fixture data, tiny models; numbers mean nothing) in"}[self.mode]
+        return (f"{self.notebook} on {self.label}: {what} {self.checkpoint_dir}; device {self.device}; "
+                f"seed {self.seed}; results in {self.output_dir}")
+
+    # -------------------------------------------------------------- data
+    def load_data(self, dataset: str | None = None, **kwargs: Any) -> DatasetSplits:
+        """:func:`~lfxai_utils.data.load_dataset` with this run's data folder (downloads only in train mode)."""
+        name = dataset or self.dataset
+        kwargs.setdefault("download", self.mode == "train")
+        kwargs.setdefault("progress", self.progress)
+        splits = load_dataset(name, data_dir=self.data_dir, **kwargs)
+        for note in splits.info.get("notes", []):
+            print(f"note ({dataset_label(name)}): {note}")
+        return splits
+
+    # -------------------------------------------------------------- models
+    def checkpoint_name(self, claim: str, model: str, **kw: Any) -> str:
+        return checkpoint_name(claim, self.dataset, model, **kw)
+
+    def get_model(self, name: str, spec: ModelSpec, train_data: Any, *, data_info: Mapping[str, Any],
+                  val_data: Any = None, arch_overrides: Mapping[str, Any] | None = None,
+                  fit_kwargs: Mapping[str, Any] | None = None, seed: int | None = None,
+                  desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """Load checkpoint ``name`` (inference), or train it with ``spec`` and save it (train, smoke).
+
+        In train mode an existing checkpoint with the same identity is reused only when the notebook was run with
+        ``reuse_checkpoints=True`` (the book's ``--train-checkpoints`` does so, since several pages share a model).
+        Returns ``(model in eval mode on self.device, manifest)``.
+        """
+        seed = self.seed if seed is None else seed
+        arch_kwargs = {**spec.arch_kwargs, **(arch_overrides or {})}
+        settings = {"arch": spec.arch, **arch_kwargs, **spec.identity}
+        hint = self.papermill_command("train")
+        if self.mode == "inference" or (self.mode == "train" and self.reuse_checkpoints):
+            try:
+                model, manifest = load_checkpoint(self.checkpoint_dir, name, expected_arch=spec.arch,
+                                                  expected_arch_kwargs=arch_kwargs, map_location="cpu",
+                                                  train_hint=hint)
+                _check_identity(manifest, settings, name, hint)
+                self.loaded.append(name)
+                return model.to(self.device).eval(), manifest
+            except CheckpointNotFoundError:
+                if self.mode == "inference":
+                    raise
+        seed_everything(seed)
+        model = build_model(spec.arch, **arch_kwargs)
+        budget = dict(n_epochs=spec.n_epochs, batch_size=spec.batch_size, patience=spec.patience, lr=spec.lr,
+                      checkpoint_every=spec.checkpoint_every)
+        if self.smoke:
+            budget.update(SMOKE_TRAINING)
+            if spec.checkpoint_every:
+                budget["checkpoint_every"] = 1
+        budget.update(fit_kwargs or {})
+        result: TrainResult = fit(model, train_data, val_data=val_data, seed=seed, device=self.device,
+                                  progress=self.progress, desc=desc or name, **budget)
+        save_checkpoint(model, self.checkpoint_dir, name, data_info=data_info, train_result=result,
+                        settings={**settings, **{k: v for k, v in budget.items() if v is not None}, "seed": seed})
+        self.trained.append(name)
+        return model.to(self.device).eval(), read_manifest(self.checkpoint_dir, name)
+
+    def tracin_checkpoints(self, name: str) -> list[dict[str, torch.Tensor]]:
+        return load_tracin_checkpoints(self.checkpoint_dir, name)
+
+    # -------------------------------------------------------------- outputs
+    def save_csv(self, df: pd.DataFrame, filename: str) -> Path:
+        path = write_csv(df, self.output_dir / filename)
+        print(f"wrote {path}")
+        return path
+
+    def save_figure(self, fig, filename: str) -> Path:
+        """Save a matplotlib figure (PNG and PDF) atomically into ``output_dir``."""
+        path = self.output_dir / filename
+        for suffix in (".png", ".pdf"):
+            with atomic_write(path.with_suffix(suffix), "wb") as f:
+                fig.savefig(f, format=suffix[1:], bbox_inches="tight", dpi=150)
+        return path.with_suffix(".png")
+
+    def write_summary(self, verdicts: Sequence[Verdict]) -> pd.DataFrame:
+        if self.smoke:
+            verdicts = [replace(v, verdict="inconclusive",
+                                criterion=v.criterion + " [smoke run on generated data: no verdict]")
+                        for v in verdicts]
+        return write_summary(verdicts, self.output_dir)
+
+
+def setup(notebook: str, *, dataset: str, mode: str = "inference", model: str | None = None, seed: int = 1,
+          device: str = "auto", data_dir: str | None = None, output_dir: str | None = None,
+          checkpoint_dir: str | None = None, reuse_checkpoints: bool = False,
+          datasets: Sequence[str] = DATASETS, models: Sequence[str | None] = (None,),
+          smoke_fixtures: Sequence[str] | None = None, progress: bool = True) -> Experiment:
+    """Validate a notebook's parameters and prepare its folders.
+
+    Parameters
+    ----------
+    notebook: the notebook's stem (for messages and the papermill command it prints).
+    dataset, model: validated against ``datasets`` / ``models``.
+    mode: ``"inference"``, ``"train"`` or ``"smoke"``.
+    data_dir: where the data is looked for (default: ``$LFXAI_DATA_DIR``, then ``<repo>/data``).  Smoke runs write
+        small generated fixtures (``smoke_fixtures``, default the dataset itself) into a temporary folder instead.
+    output_dir: results folder (default ``results/<notebook>/<dataset>[-<model>]``).
+    checkpoint_dir: default ``<repo>/checkpoints``; a smoke run uses a temporary folder.
+    """
+    check_choice("mode", mode, MODES)
+    check_choice("dataset", dataset, list(datasets))
+    model = model or None
+    check_choice("model", model, list(models))
+    key = dataset + (f"-{model}" if model else "")
+    out = Path(output_dir) if output_dir else REPO_ROOT / "results" / notebook / key
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else DEFAULT_CHECKPOINT_DIR
+    data = Path(data_dir) if data_dir else None
+    if mode == "smoke":
+        from ..fixtures import write_fixture
+
+        tmp = Path(tempfile.mkdtemp(prefix=f"lfxai-smoke-{notebook}-"))
+        data, ckpt = tmp / "data", tmp / "checkpoints"
+        for name in (smoke_fixtures or [dataset]):
+            write_fixture(name, data, n_train=128 if name != "cifar100" else 200,
+                          n_test=64 if name != "cifar100" else 100)
+    exp = Experiment(notebook=notebook, dataset=dataset, mode=mode, model=model, seed=int(seed),
+                     device=resolve_device(device), data_dir=data, output_dir=out, checkpoint_dir=ckpt,
+                     reuse_checkpoints=bool(reuse_checkpoints), progress=progress and not os.environ.get("LFXAI_NO_PROGRESS"))
+    seed_everything(exp.seed)
+    print(exp.describe())
+    return exp

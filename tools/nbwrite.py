@@ -40,13 +40,15 @@ def write(path: str | Path, cells) -> None:
 
 #: The parameters every claim notebook exposes (papermill ``-p name value``), after its own.
 COMMON_PARAMS = '''
-mode = "inference"        # "inference": load the shipped checkpoints | "train": train every model | "smoke": seconds-long run on generated data
+mode = "inference"        # "inference": load the shipped checkpoints | "train": train every model the page needs
+smoke = False             # True: a seconds-long run on generated data with tiny models (proves the code runs, not the claim)
 seed = 1
 device = "auto"           # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
 data_dir = None           # default: $LFXAI_DATA_DIR, then <repo>/data
 output_dir = None         # default: results/<notebook>/<dataset>
 checkpoint_dir = None     # default: <repo>/checkpoints
 reuse_checkpoints = False # train mode: reuse matching checkpoints instead of retraining them
+n_epochs = None           # train mode: None = the paper's epochs; an int caps every model's training
 '''
 
 
@@ -61,7 +63,8 @@ from IPython.display import Markdown, display
 from lfxai_utils import plotting, report
 from lfxai_utils.experiments import common, {module} as X
 
-exp = common.setup(X.NOTEBOOK, dataset=dataset, mode=mode, model=model, seed=seed, device=device,
+exp = common.setup(X.NOTEBOOK, dataset=dataset, mode=mode, smoke=smoke, model=model, seed=seed, device=device,
                    data_dir=data_dir, output_dir=output_dir, checkpoint_dir=checkpoint_dir,
-                   reuse_checkpoints=reuse_checkpoints, datasets=X.DATASETS, models=X.MODELS{extra})
+                   reuse_checkpoints=reuse_checkpoints, n_epochs=n_epochs,
+                   datasets=X.DATASETS, models=X.MODELS{extra})
 '''

@@ -2,9 +2,10 @@
 
 A notebook calls :func:`setup` with its papermill parameters and gets an :class:`Experiment` that knows
 
-* the **mode**: ``"inference"`` (load the shipped checkpoints, never train), ``"train"`` (train every model the
-  notebook needs at the paper's settings and save it into ``checkpoint_dir``) or ``"smoke"`` (a seconds-long run
-  on generated fixtures with tiny models in a temporary folder: it proves the notebook works, not the claim);
+* the **mode**: ``"inference"`` (load the shipped checkpoints, never train) or ``"train"`` (train every model the
+  notebook needs at the paper's settings and save it into ``checkpoint_dir``), and whether this is a **smoke** run
+  (``smoke=True``: seconds long, on generated fixtures, tiny budgets, models trained into a temporary folder; it
+  proves the notebook works, not the claim);
 * where the data and the checkpoints are, and where results go (``output_dir``: CSVs, figures, ``summary.csv``).
 
 One code path for every dataset: the per-dataset settings live in :data:`AE_SPECS` and :func:`baseline_for`.
@@ -31,7 +32,7 @@ from ..models import build_model
 from ..report import Verdict, write_csv, write_summary
 from ..training import TrainResult, fit
 
-MODES = ("inference", "train", "smoke")
+MODES = ("inference", "train")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
 DATASET_LABELS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
@@ -135,15 +136,13 @@ class Experiment:
     output_dir: Path
     checkpoint_dir: Path
     reuse_checkpoints: bool = False
+    smoke: bool = False
+    n_epochs: int | None = None
     progress: bool = True
     trained: list[str] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)
 
     # -------------------------------------------------------------- mode helpers
-    @property
-    def smoke(self) -> bool:
-        return self.mode == "smoke"
-
     @property
     def label(self) -> str:
         return dataset_label(self.dataset) + (f" ({self.model})" if self.model else "")
@@ -158,9 +157,11 @@ class Experiment:
         return f"papermill notebooks/{self.notebook}.ipynb out.ipynb {args}"
 
     def describe(self) -> str:
-        what = {"inference": "inference from the checkpoints in", "train": "training every model into",
-                "smoke": "SMOKE TEST (generated fixture data, tiny models; numbers mean nothing) in"}[self.mode]
-        return (f"{self.notebook} on {self.label}: {what} {self.checkpoint_dir}; device {self.device}; "
+        what = {"inference": "inference from the checkpoints in", "train": "training every model into"}[self.mode]
+        if self.smoke:
+            what = "SMOKE TEST (generated fixture data, tiny models trained on the fly; numbers mean nothing) in"
+        budget = f"; epochs capped at {self.n_epochs}" if self.n_epochs and self.mode == "train" else ""
+        return (f"{self.notebook} on {self.label}: {what} {self.checkpoint_dir}{budget}; device {self.device}; "
                 f"seed {self.seed}; results in {self.output_dir}")
 
     # -------------------------------------------------------------- data
@@ -192,7 +193,7 @@ class Experiment:
         arch_kwargs = {**spec.arch_kwargs, **(arch_overrides or {})}
         settings = {"arch": spec.arch, **arch_kwargs, **spec.identity}
         hint = self.papermill_command("train")
-        if self.mode == "inference" or (self.mode == "train" and self.reuse_checkpoints):
+        if not self.smoke and (self.mode == "inference" or self.reuse_checkpoints):
             try:
                 model, manifest = load_checkpoint(self.checkpoint_dir, name, expected_arch=spec.arch,
                                                   expected_arch_kwargs=arch_kwargs, map_location="cpu",
@@ -207,6 +208,8 @@ class Experiment:
         model = build_model(spec.arch, **arch_kwargs)
         budget = dict(n_epochs=spec.n_epochs, batch_size=spec.batch_size, patience=spec.patience, lr=spec.lr,
                       checkpoint_every=spec.checkpoint_every)
+        if self.n_epochs is not None:
+            budget["n_epochs"] = self.n_epochs
         if self.smoke:
             budget.update(SMOKE_TRAINING)
             if spec.checkpoint_every:
@@ -244,9 +247,9 @@ class Experiment:
         return write_summary(verdicts, self.output_dir)
 
 
-def setup(notebook: str, *, dataset: str, mode: str = "inference", model: str | None = None, seed: int = 1,
+def setup(notebook: str, *, dataset: str, mode: str = "inference", smoke: bool = False, model: str | None = None, seed: int = 1,
           device: str = "auto", data_dir: str | None = None, output_dir: str | None = None,
-          checkpoint_dir: str | None = None, reuse_checkpoints: bool = False,
+          checkpoint_dir: str | None = None, reuse_checkpoints: bool = False, n_epochs: int | None = None,
           datasets: Sequence[str] = DATASETS, models: Sequence[str | None] = (None,),
           smoke_fixtures: Sequence[str] | None = None, progress: bool = True) -> Experiment:
     """Validate a notebook's parameters and prepare its folders.
@@ -255,11 +258,13 @@ def setup(notebook: str, *, dataset: str, mode: str = "inference", model: str | 
     ----------
     notebook: the notebook's stem (for messages and the papermill command it prints).
     dataset, model: validated against ``datasets`` / ``models``.
-    mode: ``"inference"``, ``"train"`` or ``"smoke"``.
+    mode: ``"inference"`` or ``"train"``.
+    smoke: a seconds-long run on generated fixtures (written into a temporary folder, as are its checkpoints).
     data_dir: where the data is looked for (default: ``$LFXAI_DATA_DIR``, then ``<repo>/data``).  Smoke runs write
         small generated fixtures (``smoke_fixtures``, default the dataset itself) into a temporary folder instead.
     output_dir: results folder (default ``results/<notebook>/<dataset>[-<model>]``).
     checkpoint_dir: default ``<repo>/checkpoints``; a smoke run uses a temporary folder.
+    n_epochs: train mode: override the paper's epoch budget of every model trained (recorded in the manifests).
     """
     check_choice("mode", mode, MODES)
     check_choice("dataset", dataset, list(datasets))
@@ -270,7 +275,7 @@ def setup(notebook: str, *, dataset: str, mode: str = "inference", model: str | 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else DEFAULT_CHECKPOINT_DIR
     data = Path(data_dir) if data_dir else None
-    if mode == "smoke":
+    if smoke:
         from ..fixtures import write_fixture
 
         tmp = Path(tempfile.mkdtemp(prefix=f"lfxai-smoke-{notebook}-"))
@@ -280,7 +285,8 @@ def setup(notebook: str, *, dataset: str, mode: str = "inference", model: str | 
                           n_test=64 if name != "cifar100" else 100)
     exp = Experiment(notebook=notebook, dataset=dataset, mode=mode, model=model, seed=int(seed),
                      device=resolve_device(device), data_dir=data, output_dir=out, checkpoint_dir=ckpt,
-                     reuse_checkpoints=bool(reuse_checkpoints), progress=progress and not os.environ.get("LFXAI_NO_PROGRESS"))
+                     reuse_checkpoints=bool(reuse_checkpoints), smoke=bool(smoke),
+                     n_epochs=None if n_epochs is None else int(n_epochs), progress=progress and not os.environ.get("LFXAI_NO_PROGRESS"))
     seed_everything(exp.seed)
     print(exp.describe())
     return exp

@@ -89,6 +89,7 @@ def json_data_info(splits: DatasetSplits) -> dict[str, Any]:
     """The JSON-plain part of ``splits.info`` that a checkpoint manifest records (files, sizes, notes)."""
     keep = ("name", "files", "n_train", "n_test", "split_seed", "notes", "mode", "image_size", "n_classes")
     out = {k: splits.info[k] for k in keep if k in splits.info}
+    out["dataset"] = splits.name
     return json.loads(json.dumps(out, default=str))
 
 

@@ -1,0 +1,148 @@
+"""The shared experiment layer (parameters, model loading/training, outputs) and the Claim 1.1 module logic."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lfxai_utils.checkpoints import CheckpointMismatchError, CheckpointNotFoundError
+from lfxai_utils.experiments import common, feature_consistency as fc
+from lfxai_utils.fixtures import write_fixture
+from lfxai_utils.data import load_dataset
+
+
+def _setup(tmp_path, **kw):
+    args = dict(dataset="mnist", output_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"),
+                data_dir=str(tmp_path / "data"), progress=False)
+    args.update(kw)
+    return common.setup("claim1_feature_consistency", **args)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"dataset": "mnistt"}, r"unknown dataset 'mnistt'; valid values: 'mnist'"),
+    ({"mode": "fast"}, r"unknown mode 'fast'; valid values: 'inference', 'train'"),
+    ({"model": "resnet"}, r"unknown model 'resnet'; valid values: None"),
+])
+def test_bad_parameters_name_the_valid_values(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _setup(tmp_path, **kw)
+
+
+def test_simclr_only_on_cifar10():
+    with pytest.raises(ValueError, match="use dataset='cifar10'"):
+        fc.validate("mnist", "simclr")
+    fc.validate("cifar10", "simclr")
+
+
+def test_smoke_uses_private_fixture_and_checkpoint_folders(tmp_path):
+    exp = _setup(tmp_path, smoke=True, dataset="ecg5000")
+    assert exp.smoke and exp.checkpoint_dir != tmp_path / "ckpt" and exp.data_dir != tmp_path / "data"
+    assert (exp.data_dir / "ECG5000").is_dir() and not (tmp_path / "ckpt").exists()
+    assert exp.size(1000, 8) == 8 and _setup(tmp_path).size(1000, 8) == 1000
+
+
+def _tiny_spec():
+    return common.ModelSpec("mnist_ae", {"latent_dim": 2, "pretext": "denoising"}, n_epochs=1, batch_size=32,
+                            patience=None, identity={"purpose": "test"})
+
+
+def test_train_then_inference_round_trip_and_identity_check(tmp_path):
+    write_fixture("mnist", tmp_path / "data", n_train=64, n_test=16)
+    exp = _setup(tmp_path, mode="train")
+    splits = exp.load_data()
+    info = common.json_data_info(splits)
+    json.dumps(info)  # manifest-ready
+    m1, man1 = exp.get_model("m", _tiny_spec(), splits.train, data_info=info)
+    assert exp.trained == ["m"] and man1["settings"]["n_epochs"] == 1 and man1["settings"]["purpose"] == "test"
+    inf = _setup(tmp_path, mode="inference")
+    m2, man2 = inf.get_model("m", _tiny_spec().with_(n_epochs=100), splits.train, data_info=info)
+    assert inf.loaded == ["m"] and man2["file"]["sha256"] == man1["file"]["sha256"]
+    x = splits.test.tensors()[0]
+    torch.testing.assert_close(m1.encoder(x), m2.encoder(x))          # budget differs: still the same model
+    with pytest.raises(CheckpointMismatchError, match=r"purpose: checkpoint='test', requested='other'"):
+        inf.get_model("m", _tiny_spec().with_(identity={"purpose": "other"}), splits.train, data_info=info)
+    with pytest.raises(CheckpointNotFoundError, match="papermill notebooks/claim1_feature_consistency.ipynb"):
+        inf.get_model("absent", _tiny_spec(), splits.train, data_info=info)
+
+
+def test_train_mode_retrains_unless_reuse(tmp_path):
+    write_fixture("mnist", tmp_path / "data", n_train=64, n_test=16)
+    exp = _setup(tmp_path, mode="train", n_epochs=1)
+    splits = exp.load_data()
+    info = common.json_data_info(splits)
+    exp.get_model("m", _tiny_spec().with_(n_epochs=5), splits.train, data_info=info)
+    assert exp.trained == ["m"]
+    assert json.loads((tmp_path / "ckpt" / "m.json").read_text())["training"]["epochs_run"] == 1  # n_epochs cap
+    again = _setup(tmp_path, mode="train", reuse_checkpoints=True)
+    again.get_model("m", _tiny_spec(), splits.train, data_info=info)
+    assert again.loaded == ["m"] and again.trained == []
+    fresh = _setup(tmp_path, mode="train")
+    fresh.get_model("m", _tiny_spec(), splits.train, data_info=info)
+    assert fresh.trained == ["m"]
+
+
+def test_baselines(tmp_path):
+    write_fixture("ecg5000", tmp_path, n_train=40, n_test=20)
+    splits = load_dataset("ecg5000", data_dir=tmp_path, ecg_mode="features", download=False, progress=False)
+    b = common.baseline_for("ecg5000", splits)
+    normal = splits.train.tensors()[0]
+    torch.testing.assert_close(b[0], normal.mean(0))
+    write_fixture("cifar10", tmp_path, n_train=20, n_test=10)
+    cif = load_dataset("cifar10", data_dir=tmp_path, download=False, progress=False)
+    assert common.baseline_for("cifar10", cif).shape == (1, 3, 32, 32)
+    blur = common.baseline_for("cifar10", cif, "simclr")
+    x = torch.rand(2, 3, 32, 32)
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    torch.testing.assert_close(blur(flat), flat)                        # blurring a constant image changes nothing
+    assert blur(x).std() < x.std()
+
+
+def test_explained_set_is_seeded_subset(tmp_path):
+    write_fixture("mnist", tmp_path, n_train=20, n_test=30)
+    splits = load_dataset("mnist", data_dir=tmp_path, download=False, progress=False)
+    a, b = fc.explained_set(splits, 10, 3), fc.explained_set(splits, 10, 3)
+    torch.testing.assert_close(a, b)
+    assert len(fc.explained_set(splits, None, 0)) == 30
+
+
+def _shift_table(means: dict[str, list[float]]):
+    rows = []
+    for method, vals in means.items():
+        for p, v in zip([0, 5, 10, 20, 50, 80, 100], vals):
+            for e, d in enumerate((-0.01, 0.01)):
+                rows.append({"method": method, "percent": float(p), "example": e, "shift": v + d})
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_require_beating_random_at_every_level(tmp_path):
+    exp = _setup(tmp_path)
+    rand = [0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0]
+    df = _shift_table({"Random": rand, "GradientSHAP": [0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                       "Integrated Gradients": [0, 0.5, 0.6, 0.7, 0.8, 0.7, 1.0],   # loses at 80 %
+                       "Saliency": [0, 0.2, 0.3, 0.4, 0.6, 0.9, 1.0]})
+    v = {x.quantity.split(", ")[1]: x for x in fc.verdicts(exp, df)}
+    assert v["GradientSHAP"].verdict == "holds" and v["Saliency"].verdict == "holds"
+    assert v["Integrated Gradients"].verdict == "does not hold"
+    assert "4/5 levels" in v["Integrated Gradients"].ours and "0.7 vs random 0.3" in v["GradientSHAP"].ours
+    s = fc.summarise(df)
+    row = s[(s.method == "Random") & (s.percent == 5.0)].iloc[0]
+    assert row["mean"] == pytest.approx(0.1) and row["ci95"] == pytest.approx(1.96 * np.std([0.09, 0.11], ddof=1)
+                                                                               / np.sqrt(2))
+
+
+def test_smoke_summary_never_claims_a_verdict(tmp_path):
+    exp = _setup(tmp_path, smoke=True)
+    df = _shift_table({"Random": [0, .1, .2, .3, .5, .8, 1], "GradientSHAP": [0, .5, .6, .7, .8, .9, 1]})
+    out = exp.write_summary(fc.verdicts(exp, df))
+    assert set(out.verdict) == {"inconclusive"} and "smoke" in out.criterion.iloc[0]
+    assert (exp.output_dir / "summary.csv").exists()
+
+
+def test_pairing_agreement_is_pearson():
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert fc.pairing_agreement({"gradient_shap": a, "gradient_shap_as_published": 2 * a + 1}) == pytest.approx(1.0)
+    assert fc.pairing_agreement({"gradient_shap": a, "gradient_shap_as_published": -a}) == pytest.approx(-1.0)
+    assert fc.pairing_agreement({"gradient_shap": a}) is None

@@ -2,64 +2,86 @@
 
 Usage (the README's main command calls this through ``make book``)::
 
-    python -m lfxai_utils.book                 # inference mode from the shipped checkpoints, then build HTML
-    python -m lfxai_utils.book --only mnist    # only pages whose key contains "mnist"
+    python -m lfxai_utils.book                 # inference mode from the shipped checkpoints, then build the HTML
+    python -m lfxai_utils.book --list          # every page, whether it can run here, and why not
+    python -m lfxai_utils.book --only mnist    # only pages whose key contains "mnist" (others keep their state)
     python -m lfxai_utils.book --no-html       # execute/refresh pages only
-    python -m lfxai_utils.book --train-checkpoints --only claim1   # retrain and save checkpoints (mode=train)
+    python -m lfxai_utils.book --train-checkpoints --only claim1_feature   # retrain and save checkpoints
 
-Every page of :data:`PAGES` ends up as ``book/_executed/<key>.ipynb`` (executed) or, when its data or
-checkpoints are absent here, as ``book/_executed/<key>.md`` explaining exactly why and how to run it.
-Execution is incremental: a page whose notebook, parameters, library code, checkpoints and data did not
-change since its last successful run is not executed again.
+Every page of the registry (:data:`lfxai_utils.experiments.BOOK_CHAPTERS`) whose notebook exists ends up as
+``book/_executed/<key>.ipynb`` (executed) or, when its data or checkpoints are absent here, as
+``book/_executed/<key>.md`` explaining exactly why and how to run it. A notebook that raises is reported with
+papermill's saved exception; the rest of the book is still built and the command exits non-zero.
+
+Execution is incremental: a page whose notebook, parameters, library code, checkpoints and data did not change
+since its last successful run is not executed again (``book/_executed/state.json`` keeps the fingerprints).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as _dt
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ._utils import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
-BOOK_DIR = ROOT / "book"
-EXEC_DIR = BOOK_DIR / "_executed"
-GEN_DIR = BOOK_DIR / "_generated"
-CACHE_FILE = EXEC_DIR / "cache.json"
-CHECKPOINT_DIR = ROOT / "checkpoints"
+MODES = ("inference", "train")
+#: library files that do not influence what a notebook computes (the book builder itself)
+_NOT_CODE = {"book.py", "book_sphinx.py"}
+DATASET_LABELS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                  "dsprites": "dSprites"}
+VERDICTS = ("holds", "does not hold", "inconclusive")
 
 
+# ------------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class Page:
-    """One executed page of the book: a notebook run on one dataset (and model variant)."""
+    """One executed page of the book: a notebook run on one dataset (and model variant).
+
+    ``params`` are papermill parameters used in both modes (e.g. reduced budgets for this machine);
+    ``train_params`` are added in train mode only (e.g. an ``n_epochs`` cap for ``--train-checkpoints``).
+    """
 
     notebook: str
     dataset: str
     title: str
     model: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    train_params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.notebook}__{self.dataset}" + (f"-{self.model}" if self.model else "")
 
     @property
-    def output_dir(self) -> Path:
-        return EXEC_DIR / "results" / self.key
+    def label(self) -> str:
+        """Dataset (and model) as shown in tables: ``MNIST``, ``CIFAR-10 (simclr)``."""
+        return DATASET_LABELS.get(self.dataset, self.dataset) + (f" ({self.model})" if self.model else "")
 
     def parameters(self, mode: str = "inference") -> dict[str, Any]:
-        p: dict[str, Any] = {"dataset": self.dataset, "mode": mode}
+        """The papermill parameters of this page in ``mode`` (without the book's output/checkpoint folders)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid values: {', '.join(MODES)}")
+        p: dict[str, Any] = {"dataset": self.dataset}
         if self.model:
             p["model"] = self.model
+        p["mode"] = mode
         p.update(self.params)
+        if mode == "train":
+            p.update(self.train_params)
         return p
 
 
@@ -71,20 +93,89 @@ class Chapter:
     pages: tuple[Page, ...]
 
 
-def chapters() -> list[Chapter]:
-    """The book's claim chapters; only notebooks that exist in ``notebooks/`` are listed."""
-    from .experiments import BOOK_CHAPTERS
+@dataclass
+class Registry:
+    """What the book is made of and what each page needs (injectable for tests)."""
 
-    return [c for c in BOOK_CHAPTERS if (NOTEBOOK_DIR / f"{c.notebook}.ipynb").exists()]
+    chapters: Sequence[Chapter]
+    data_requirements: Callable[[str, str, str | None], list]      # (notebook, dataset, model) -> [(name, kwargs)]
+    required_checkpoints: Callable[[str, str, str | None], list]   # (notebook, dataset, model) -> [names]
 
 
-def all_pages() -> list[Page]:
-    return [p for c in chapters() for p in c.pages]
+def default_registry() -> Registry:
+    from . import experiments
+
+    return Registry(experiments.BOOK_CHAPTERS, experiments.data_requirements, experiments.required_checkpoints)
+
+
+@dataclass
+class Layout:
+    """Where the book's inputs and outputs live (the repository by default; a temp folder in tests)."""
+
+    root: Path = ROOT
+    data_dir: Path | None = None   # None: $LFXAI_DATA_DIR, then <repo>/data (lfxai_utils.data's search order)
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def book(self) -> Path:
+        return self.root / "book"
+
+    @property
+    def executed(self) -> Path:
+        return self.book / "_executed"
+
+    @property
+    def generated(self) -> Path:
+        return self.book / "_generated"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def state_file(self) -> Path:
+        return self.executed / "state.json"
+
+    @property
+    def train_runs(self) -> Path:
+        return self.root / "_build" / "train_runs"
+
+    def notebook(self, page: Page) -> Path:
+        return self.notebooks / f"{page.notebook}.ipynb"
+
+    def output_dir(self, page: Page, mode: str = "inference") -> Path:
+        return (self.executed if mode == "inference" else self.train_runs) / "results" / page.key
+
+    def executed_nb(self, page: Page, mode: str = "inference") -> Path:
+        return (self.executed if mode == "inference" else self.train_runs) / f"{page.key}.ipynb"
+
+    def not_run_md(self, page: Page) -> Path:
+        return self.executed / f"{page.key}.md"
+
+    def rel(self, path: Path) -> str:
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def chapters(registry: Registry | None = None, layout: Layout | None = None) -> list[Chapter]:
+    """The book's chapters whose notebook exists in ``notebooks/`` (the others are left out until written)."""
+    registry = registry or default_registry()
+    layout = layout or Layout()
+    return [c for c in registry.chapters if (layout.notebooks / f"{c.notebook}.ipynb").exists()]
+
+
+def all_pages(registry: Registry | None = None, layout: Layout | None = None) -> list[Page]:
+    return [p for c in chapters(registry, layout) for p in c.pages]
 
 
 # --------------------------------------------------------------------------------------------- toc
-def render_toc() -> str:
-    """The ``_toc.yml`` that lists every page (generated here; a test checks the committed copy)."""
+def render_toc(registry: Registry | None = None, layout: Layout | None = None) -> str:
+    """The ``_toc.yml`` that lists every page (generated here; ``tests/test_book.py`` checks the committed copy)."""
     lines = [
         "# Generated by `python -m lfxai_utils.book --write-toc`; do not edit by hand.",
         "format: jb-book",
@@ -95,14 +186,15 @@ def render_toc() -> str:
         "      - file: book/_generated/results",
         "      - file: book/methods",
         "      - file: book/_generated/not_run",
-        "  - caption: Claims",
-        "    chapters:",
     ]
-    for c in chapters():
+    chs = chapters(registry, layout)
+    if chs:
+        lines += ["  - caption: Claims and extensions", "    chapters:"]
+    for c in chs:
         lines.append(f"      - file: book/{c.intro}")
-        lines.append("        sections:")
-        for p in c.pages:
-            lines.append(f"          - file: book/_executed/{p.key}")
+        if c.pages:
+            lines.append("        sections:")
+            lines += [f"          - file: book/_executed/{p.key}" for p in c.pages]
     lines += [
         "  - caption: Engineering",
         "    chapters:",
@@ -110,6 +202,46 @@ def render_toc() -> str:
         "      - file: book/_generated/performance",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------ notebook parameters
+_PARAM_LINE = re.compile(r"^([A-Za-z_]\w*)\s*(?::[^=]*)?=\s*(.*?)\s*(?:#.*)?$")
+
+
+def notebook_parameters(path: Path) -> dict[str, str]:
+    """``{name: default source}`` of the cell tagged ``parameters`` (one assignment per line, as ours are)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            out = {}
+            for line in cell.source.splitlines():
+                m = _PARAM_LINE.match(line)
+                if m:
+                    out[m.group(1)] = m.group(2)
+            return out
+    raise ValueError(f"{path} has no cell tagged 'parameters'")
+
+
+def _pm_arg(name: str, value: Any) -> str:
+    """One papermill command-line parameter that round-trips ``value`` with its type."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, float)):
+        return f"-p {name} {value}"
+    if isinstance(value, str):
+        try:   # papermill would turn "10", "True" or "None" into a number/bool/None: pass it raw
+            json.loads(value.lower() if value in ("True", "False") else value)
+            retyped = True
+        except ValueError:
+            retyped = value == "None"
+        return f"{'-r' if retyped else '-p'} {name} {shlex.quote(value)}"
+    return f"-y {shlex.quote(f'{name}: {json.dumps(value)}')}"
+
+
+def papermill_command(page: Page, mode: str = "inference", out: str = "out.ipynb", **extra: Any) -> str:
+    params = {**page.parameters(mode), **extra}
+    args = " ".join(_pm_arg(k, v) for k, v in params.items())
+    return f"papermill notebooks/{page.notebook}.ipynb {out} {args}"
 
 
 # -------------------------------------------------------------------------------- requirements
@@ -120,211 +252,545 @@ class Readiness:
     fingerprint: dict[str, Any]
 
 
-def check_page(page: Page, mode: str = "inference", checkpoint_dir: Path = CHECKPOINT_DIR) -> Readiness:
-    """Is everything this page needs present here? Returns the reasons if not, and a fingerprint of the inputs."""
-    from .data import DatasetNotFoundError, load_dataset
-    from .experiments import data_requirements, required_checkpoints
+def _data_fingerprint(name: str, kwargs: Mapping[str, Any], layout: Layout, memo: dict) -> tuple[Any, str | None]:
+    """(fingerprint of the files ``load_dataset`` verified, None) or (None, reason it cannot be loaded here)."""
+    from .data import ChecksumError, DatasetNotFoundError, load_dataset, search_dirs
 
+    key = (name, json.dumps(dict(kwargs), sort_keys=True, default=str))
+    if key not in memo:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                splits = load_dataset(name, data_dir=layout.data_dir, download=False, progress=False, **kwargs)
+            files = [{k: f.get(k) for k in ("path", "size", "sha256")} for f in splits.info.get("files", [])]
+            memo[key] = ({"files": files, "n_train": splits.info.get("n_train"),
+                          "n_test": splits.info.get("n_test")}, None)
+        except DatasetNotFoundError:
+            where = ", ".join(f"`{layout.rel(d)}`" for d in search_dirs(layout.data_dir))
+            memo[key] = (None, f"data: dataset `{name}` is not in any data folder searched here ({where}); "
+                               "the book never downloads")
+        except ChecksumError as err:
+            memo[key] = (None, f"data: dataset `{name}` fails its checksum ({str(err).splitlines()[0]})")
+    return memo[key]
+
+
+def check_page(page: Page, mode: str = "inference", *, registry: Registry | None = None,
+               layout: Layout | None = None, data_memo: dict | None = None) -> Readiness:
+    """Is everything this page needs present here? Returns the reasons if not, and a fingerprint of the inputs.
+
+    Data: every ``data_requirements`` entry must load with ``download=False``. Checkpoints (inference mode only):
+    every ``required_checkpoints`` name needs its ``.pt`` and its ``.json`` manifest in ``checkpoints/``.
+    """
+    registry = registry or default_registry()
+    layout = layout or Layout()
+    memo = {} if data_memo is None else data_memo
     reasons: list[str] = []
     fp: dict[str, Any] = {"data": {}, "checkpoints": {}}
-    for name, kwargs in data_requirements(page.notebook, page.dataset, page.model):
-        try:
-            splits = load_dataset(name, download=False, progress=False, **kwargs)
-            fp["data"][name] = splits.info.get("files", {})
-        except DatasetNotFoundError as err:
-            first = str(err).splitlines()[0]
-            reasons.append(f"data: {first}")
+    for name, kwargs in registry.data_requirements(page.notebook, page.dataset, page.model):
+        finger, reason = _data_fingerprint(name, kwargs or {}, layout, memo)
+        if reason:
+            reasons.append(reason)
+        else:
+            fp["data"][f"{name} {json.dumps(dict(kwargs or {}), sort_keys=True, default=str)}"] = finger
     if mode == "inference":
-        for name in required_checkpoints(page.notebook, page.dataset, page.model):
-            manifest = checkpoint_dir / f"{name}.json"
-            if not manifest.exists():
-                reasons.append(f"checkpoint `checkpoints/{name}.pt` is not shipped")
-                continue
-            fp["checkpoints"][name] = json.loads(manifest.read_text()).get("weights_sha256")
+        for name in registry.required_checkpoints(page.notebook, page.dataset, page.model):
+            pt, manifest = layout.checkpoints / f"{name}.pt", layout.checkpoints / f"{name}.json"
+            if not pt.is_file():
+                reasons.append(f"checkpoint: `checkpoints/{name}.pt` is not shipped")
+            elif not manifest.is_file():
+                reasons.append(f"checkpoint: `checkpoints/{name}.pt` has no manifest `checkpoints/{name}.json`")
+            else:
+                fp["checkpoints"][name] = {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                                           "size": pt.stat().st_size}
     return Readiness(not reasons, reasons, fp)
 
 
-def _code_hash() -> str:
+def code_hash(layout: Layout | None = None) -> str:
+    """Hash of the library code the notebooks run (not the book builder) and of the key package versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    layout = layout or Layout()
     h = hashlib.sha256()
-    for f in sorted((ROOT / "lfxai_utils").rglob("*.py")):
-        h.update(f.relative_to(ROOT).as_posix().encode())
+    for f in sorted((layout.root / "lfxai_utils").rglob("*.py")):
+        if f.name in _NOT_CODE and f.parent.name == "lfxai_utils":
+            continue
+        h.update(f.relative_to(layout.root).as_posix().encode())
         h.update(f.read_bytes())
+    for dist in ("torch", "torchvision", "captum", "numpy", "scipy", "pandas", "matplotlib", "plotly"):
+        try:
+            h.update(f"{dist}=={version(dist)}".encode())
+        except PackageNotFoundError:
+            h.update(f"{dist} absent".encode())
     return h.hexdigest()
 
 
-def _page_hash(page: Page, params: dict[str, Any], readiness: Readiness, code_hash: str) -> str:
-    nb = (NOTEBOOK_DIR / f"{page.notebook}.ipynb").read_bytes()
-    blob = json.dumps(
-        {"nb": hashlib.sha256(nb).hexdigest(), "params": params, "inputs": readiness.fingerprint, "code": code_hash},
-        sort_keys=True,
-        default=str,
-    )
+def page_digest(page: Page, params: Mapping[str, Any], readiness: Readiness, code: str,
+                layout: Layout | None = None) -> str:
+    """What decides whether a page must run again: notebook bytes, parameters, data, checkpoints, code."""
+    layout = layout or Layout()
+    nb = layout.notebook(page).read_bytes()
+    blob = json.dumps({"nb": hashlib.sha256(nb).hexdigest(), "params": dict(params),
+                       "inputs": readiness.fingerprint, "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _run_commands(page: Page) -> str:
-    params = " ".join(f"-p {k} {v}" for k, v in page.parameters().items() if k != "mode")
-    return (
-        "```bash\n"
-        f"# with the data in place ($LFXAI_DATA_DIR or data/) and the shipped checkpoints:\n"
-        f"papermill notebooks/{page.notebook}.ipynb out.ipynb {params} -p mode inference\n"
-        f"# or train every model it needs first (GPU recommended):\n"
-        f"papermill notebooks/{page.notebook}.ipynb out.ipynb {params} -p mode train\n"
-        "```\n"
-    )
-
-
-def _write_not_run_page(page: Page, reasons: list[str]) -> None:
-    text = (
-        f"# {page.title}\n\n"
-        "```{admonition} Not run here\n:class: warning\n"
-        "This page could not be executed on the machine that built this book, so it shows **no results**.\n"
-        "```\n\n**Why:**\n\n" + "\n".join(f"- {r}" for r in reasons) + "\n\n**How to run it:**\n\n" + _run_commands(page)
-    )
-    (EXEC_DIR / f"{page.key}.ipynb").unlink(missing_ok=True)
-    with atomic_write(EXEC_DIR / f"{page.key}.md", "w") as f:
-        f.write(text)
-
-
-# ---------------------------------------------------------------------------------- execution
+# ---------------------------------------------------------------------------------------- state
 @dataclass
 class Outcome:
     page: Page
     status: str  # "executed" | "cached" | "not-run" | "failed"
     seconds: float = 0.0
     reasons: list[str] = field(default_factory=list)
+    when: str = ""
+
+
+def load_state(layout: Layout) -> dict[str, dict]:
+    try:
+        state = json.loads(layout.state_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {k: v for k, v in state.items() if isinstance(v, dict)}
+
+
+def save_state(layout: Layout, state: Mapping[str, dict]) -> None:
+    layout.executed.mkdir(parents=True, exist_ok=True)
+    with atomic_write(layout.state_file, "w") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------- not-run pages
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def run_instructions(page: Page) -> str:
+    """The commands that execute this page, for the not-run page and the overview."""
+    return (
+        "```bash\n"
+        "# with the data in a folder named by $LFXAI_DATA_DIR (or data/), from the shipped checkpoints:\n"
+        f"{papermill_command(page, 'inference')}\n"
+        "# or train every model the page needs first (GPU recommended; reuses matching checkpoints):\n"
+        f"{papermill_command(page, 'train', reuse_checkpoints=True)}\n"
+        "# then put the page into the book:\n"
+        f"python -m lfxai_utils.book --only {page.key}\n"
+        "```\n"
+    )
+
+
+def render_not_run_page(page: Page, reasons: Sequence[str]) -> str:
+    return (
+        f"# {page.title}\n\n"
+        ":::{admonition} Not run here\n:class: warning\n"
+        "This page could not be executed on the machine that built this book, so it shows **no results**.\n"
+        ":::\n\n**Why:**\n\n" + "\n".join(f"- {r}" for r in reasons) + "\n\n**How to run it:**\n\n"
+        + run_instructions(page)
+    )
+
+
+def _write_not_run_page(page: Page, reasons: Sequence[str], layout: Layout) -> None:
+    layout.executed.mkdir(parents=True, exist_ok=True)
+    layout.executed_nb(page).unlink(missing_ok=True)
+    with atomic_write(layout.not_run_md(page), "w") as f:
+        f.write(render_not_run_page(page, reasons))
+
+
+# ---------------------------------------------------------------------------------- execution
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _papermill_error(nb_path: Path) -> str:
+    """The exception papermill saved in an executed notebook (``ename: evalue`` of the first error output)."""
     import nbformat
 
     try:
         nb = nbformat.read(nb_path, as_version=4)
-    except Exception as err:  # pragma: no cover - unreadable output
+    except Exception as err:  # noqa: BLE001 - unreadable output
         return f"(could not read {nb_path}: {err})"
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
-                return f"{out.get('ename')}: {out.get('evalue')}"
+                count = cell.get("execution_count")
+                return (f"cell [{count}]: " if count else "") + f"{out.get('ename')}: {out.get('evalue')}"
     return "unknown error (see the executed notebook)"
 
 
-def execute_page(page: Page, *, mode: str, force: bool, cache: dict, code_hash: str,
-                 checkpoint_dir: Path = CHECKPOINT_DIR) -> Outcome:
+def _params_note(page: Page, mode: str, params: Mapping[str, Any], defaults: Mapping[str, str],
+                 seconds: float) -> str:
+    """The 'parameters of this run' note inserted after papermill's injected-parameters cell."""
+    how = {"inference": "in **inference** mode (every model loaded from the shipped checkpoints)",
+           "train": "in **train** mode (every model trained, then saved)"}[mode]
+    own = [(k, v) for k, v in page.parameters(mode).items() if k not in ("dataset", "model", "mode")]
+    lines = [":::{admonition} Parameters of this run", ":class: note",
+             f"Executed by `python -m lfxai_utils.book` {how} on {_dt.date.today().isoformat()}, "
+             f"in {seconds:.0f} s on {os.cpu_count()} CPU cores.", ""]
+    if own:
+        lines.append("The book sets these parameters (everything else keeps the notebook's default):")
+        lines.append("")
+        lines.append("| parameter | this run | notebook default |")
+        lines.append("|---|---|---|")
+        lines += [f"| `{k}` | `{_md(repr(v))}` | `{_md(defaults.get(k, '?'))}` |" for k, v in own]
+    else:
+        lines.append("Every parameter keeps the notebook's default (the paper's settings).")
+    lines += ["", f"Run it yourself: `{papermill_command(page, mode)}`", ":::"]
+    return "\n".join(lines)
+
+
+def _insert_params_note(nb_path: Path, note: str) -> None:
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    at = next((i + 1 for i, c in enumerate(nb.cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])),
+              next((i + 1 for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])),
+                   0))
+    cell = nbformat.v4.new_markdown_cell(note)
+    cell.metadata["tags"] = ["lfxai-book-params"]
+    nb.cells.insert(at, cell)
+    with atomic_write(nb_path, "w") as f:
+        nbformat.write(nb, f)
+
+
+def execute_page(page: Page, *, mode: str = "inference", force: bool = False, state: dict | None = None,
+                 code: str | None = None, registry: Registry | None = None, layout: Layout | None = None,
+                 data_memo: dict | None = None, progress: bool = False) -> Outcome:
+    """Run one page with papermill (or write its not-run page, or keep the cached copy)."""
     import papermill as pm
 
-    readiness = check_page(page, mode, checkpoint_dir)
+    registry = registry or default_registry()
+    layout = layout or Layout()
+    state = {} if state is None else state
+    when = _dt.datetime.now().isoformat(timespec="seconds")
+    readiness = check_page(page, mode, registry=registry, layout=layout, data_memo=data_memo)
     if not readiness.ready:
-        _write_not_run_page(page, readiness.reasons)
-        cache.pop(page.key, None)
-        return Outcome(page, "not-run", reasons=readiness.reasons)
+        if mode == "inference":
+            _write_not_run_page(page, readiness.reasons, layout)
+            state[page.key] = {"status": "not-run", "reasons": readiness.reasons, "when": when}
+        return Outcome(page, "not-run", reasons=readiness.reasons, when=when)
+
+    source = layout.notebook(page)
+    defaults = notebook_parameters(source)
+    out_dir, out_nb = layout.output_dir(page, mode), layout.executed_nb(page, mode)
     params = page.parameters(mode)
-    params.update(output_dir=str(page.output_dir.relative_to(ROOT)), checkpoint_dir=str(checkpoint_dir))
-    digest = _page_hash(page, params, readiness, code_hash)
-    out_nb = EXEC_DIR / f"{page.key}.ipynb"
-    if not force and cache.get(page.key) == digest and out_nb.exists():
-        return Outcome(page, "cached")
-    (EXEC_DIR / f"{page.key}.md").unlink(missing_ok=True)
-    if page.output_dir.exists():
-        shutil.rmtree(page.output_dir)
-    page.output_dir.mkdir(parents=True, exist_ok=True)
+    if mode == "train":
+        params["reuse_checkpoints"] = True
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        reason = (f"the book passes parameters the notebook does not declare: {', '.join(unknown)} "
+                  f"(its parameters: {', '.join(defaults)})")
+        if mode == "inference":
+            state[page.key] = {"status": "failed", "reasons": [reason], "when": when}
+        return Outcome(page, "failed", reasons=[reason], when=when)
+    params["output_dir"] = layout.rel(out_dir)
+    if layout.checkpoints.resolve() != (ROOT / "checkpoints").resolve():
+        params["checkpoint_dir"] = str(layout.checkpoints)
+    if layout.data_dir is not None:
+        params["data_dir"] = str(layout.data_dir)
+
+    code = code_hash(layout) if code is None else code
+    digest = page_digest(page, params, readiness, code, layout)
+    prev = state.get(page.key, {})
+    if (mode == "inference" and not force and prev.get("status") in ("executed", "cached")
+            and prev.get("digest") == digest and out_nb.exists()):
+        return Outcome(page, "cached", prev.get("seconds", 0.0), when=prev.get("when", ""))
+
+    if mode == "inference":
+        layout.not_run_md(page).unlink(missing_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    reason = None
     try:
-        pm.execute_notebook(
-            str(NOTEBOOK_DIR / f"{page.notebook}.ipynb"), str(out_nb), parameters=params,
-            kernel_name="python3", cwd=str(ROOT), progress_bar=False,
-        )
+        with _environ(LFXAI_BOOK="1", LFXAI_NO_PROGRESS="1", MPLBACKEND="module://matplotlib_inline.backend_inline"):
+            pm.execute_notebook(str(source), str(out_nb), parameters=params, kernel_name="python3",
+                                cwd=str(layout.root), progress_bar=progress, log_output=False)
     except pm.PapermillExecutionError as err:
-        cache.pop(page.key, None)
-        return Outcome(page, "failed", time.perf_counter() - t0, [f"{err.ename}: {err.evalue}"])
-    except Exception as err:  # kernel died, missing kernel, ...
-        cache.pop(page.key, None)
+        reason = f"cell [{err.exec_count}]: {err.ename}: {err.evalue}"
+    except Exception as err:  # noqa: BLE001 - kernel died, missing kernel, ...
         reason = _papermill_error(out_nb) if out_nb.exists() else f"{type(err).__name__}: {err}"
-        return Outcome(page, "failed", time.perf_counter() - t0, [reason])
-    cache[page.key] = digest
-    return Outcome(page, "executed", time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if reason is not None:
+        if mode == "inference":
+            state[page.key] = {"status": "failed", "reasons": [reason], "seconds": seconds, "when": when}
+        return Outcome(page, "failed", seconds, [reason], when)
+    _insert_params_note(out_nb, _params_note(page, mode, params, defaults, seconds))
+    if mode == "inference":
+        state[page.key] = {"status": "executed", "digest": digest, "seconds": seconds, "when": when}
+    return Outcome(page, "executed", seconds, when=when)
+
+
+def outcome_from_state(page: Page, state: Mapping[str, dict], layout: Layout) -> Outcome:
+    """A page not selected in this build keeps its previous state (read back from ``state.json``)."""
+    prev = state.get(page.key)
+    if prev and prev.get("status") in ("executed", "cached") and layout.executed_nb(page).exists():
+        return Outcome(page, "cached", prev.get("seconds", 0.0), when=prev.get("when", ""))
+    if prev and prev.get("status") == "failed" and layout.executed_nb(page).exists():
+        return Outcome(page, "failed", prev.get("seconds", 0.0), list(prev.get("reasons", [])), prev.get("when", ""))
+    if prev and prev.get("status") == "not-run" and layout.not_run_md(page).exists():
+        return Outcome(page, "not-run", reasons=list(prev.get("reasons", [])), when=prev.get("when", ""))
+    reasons = [f"not executed yet: run `python -m lfxai_utils.book --only {page.key}`"]
+    _write_not_run_page(page, reasons, layout)
+    return Outcome(page, "not-run", reasons=reasons)
 
 
 # ------------------------------------------------------------------------------- generated pages
-def _write_generated_pages(outcomes: list[Outcome]) -> None:
-    from .report import render_not_run, render_performance, render_results
+def read_summary(page: Page, layout: Layout) -> "Any":
+    """The ``summary.csv`` an executed page wrote (a DataFrame of strings), or None."""
+    import pandas as pd
 
-    GEN_DIR.mkdir(parents=True, exist_ok=True)
+    csv = layout.output_dir(page) / "summary.csv"
+    if not csv.exists():
+        return None
+    return pd.read_csv(csv, dtype=str, keep_default_na=False)
+
+
+def _page_link(o: Outcome, text: str | None = None, prefix: str = "../_executed/") -> str:
+    suffix = ".md" if o.status == "not-run" else ".ipynb"
+    return f"[{text or o.page.title}]({prefix}{o.page.key}{suffix})"
+
+
+def _verdict_cell(df) -> str:
+    if df is None or df.empty:
+        return "no verdicts"
+    counts = df["verdict"].value_counts()
+    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts) or "no verdicts"
+
+
+def render_results(outcomes: Sequence[Outcome], chapters_: Sequence[Chapter], layout: Layout) -> str:
+    """The results overview: claims × datasets at a glance, then every verdict the notebooks wrote."""
+    import pandas as pd
+
+    by_key = {o.page.key: o for o in outcomes}
+    summaries = {o.page.key: read_summary(o.page, layout) for o in outcomes if o.status in ("executed", "cached")}
+    columns: list[tuple[str, str | None]] = []
+    for c in chapters_:
+        for p in c.pages:
+            if (p.dataset, p.model) not in columns:
+                columns.append((p.dataset, p.model))
+    lines = [
+        "# Results overview",
+        "",
+        "Every number below was read from the `summary.csv` that the notebook of a page wrote when it ran for this "
+        "build; nothing here is typed by hand. *Anchor* is the number or statement of the paper or of a published "
+        "reproduction (its source is named), and *verdict* applies the stated criterion to **our** numbers. "
+        "Several pages run on reduced budgets on this CPU-only machine: each page states its parameters.",
+        "",
+        "## At a glance",
+        "",
+        "One row per claim, one column per dataset: how many of the page's verdicts hold. "
+        "*not run* means the data or the checkpoints are not available where this book was built "
+        "(see [What was not run here](not_run.md)); *—* means the claim is not tested on that dataset.",
+        "",
+        "| claim | " + " | ".join(Page("", d, "", m).label for d, m in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for c in chapters_:
+        cells = []
+        for d, m in columns:
+            page = next((p for p in c.pages if (p.dataset, p.model) == (d, m)), None)
+            o = by_key.get(page.key) if page else None
+            if o is None:
+                cells.append("—")
+            elif o.status == "failed":
+                cells.append(_page_link(o, "**failed**"))
+            elif o.status == "not-run":
+                cells.append(_page_link(o, "not run"))
+            else:
+                cells.append(_page_link(o, _verdict_cell(summaries.get(o.page.key))))
+        lines.append(f"| [{c.title}](../{c.intro}.md) | " + " | ".join(cells) + " |")
+    lines += ["", "## Every verdict", ""]
+    any_rows = False
+    for c in chapters_:
+        frames = []
+        for p in c.pages:
+            df = summaries.get(p.key)
+            if df is not None and not df.empty:
+                df = df.copy()
+                df.insert(0, "page", _page_link(by_key[p.key], p.label))
+                frames.append(df)
+        if not frames:
+            continue
+        any_rows = True
+        table = pd.concat(frames, ignore_index=True)
+        cols = ["page", "quantity", "ours", "anchor", "anchor_source", "criterion", "verdict"]
+        table = table[[k for k in cols if k in table.columns]]
+        lines += [f"### {c.title}", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+        for row in table.itertuples(index=False):
+            cells = [str(v) if i == 0 else _md(v) for i, v in enumerate(row)]
+            if "verdict" in table.columns:
+                j = list(table.columns).index("verdict")
+                cells[j] = f"**{cells[j]}**"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if not any_rows:
+        lines += ["No executed page wrote a verdict in this build.", ""]
+    missing = [o for o in outcomes if o.status in ("not-run", "failed")]
+    if missing:
+        lines += ["## Pages without results in this build", ""]
+        lines += [f"- {_page_link(o)}: {'; '.join(o.reasons) or o.status}" for o in missing]
+        lines += [""]
+    lines += ["## Execution times", "",
+              "Wall time of each page's last execution on the machine that built this book "
+              "(*cached*: unchanged since then, so not executed again).", "",
+              "| page | status | seconds | executed |", "|---|---|---|---|"]
+    for o in outcomes:
+        secs = f"{o.seconds:.1f}" if o.seconds else ""
+        lines.append(f"| {_page_link(o)} | {o.status} | {secs} | {o.when} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_not_run(outcomes: Sequence[Outcome]) -> str:
+    skipped = [o for o in outcomes if o.status == "not-run"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    lines = [
+        "# What was not run here",
+        "",
+        "This book was built on a machine without internet access and without a GPU, from the checkpoints shipped "
+        "in `checkpoints/`. Datasets that are not available there (CIFAR-10, CIFAR-100 and dSprites; only part of "
+        "MNIST and ECG5000) and models that were not trained there have no results in this build. Each page below "
+        "says exactly why, and gives the papermill commands that run it for a user who has the data (it is "
+        "downloaded and checksum-verified automatically on a machine with internet) or a GPU.",
+        "",
+    ]
+    if not skipped and not failed:
+        lines.append("Every page of the book was executed in this build.")
+    if skipped:
+        lines += ["| page | why it was not run | run it with |", "|---|---|---|"]
+        for o in skipped:
+            lines.append(f"| {_page_link(o)} | {_md('; '.join(o.reasons))} | "
+                         f"`{_md(papermill_command(o.page, 'train', reuse_checkpoints=True))}` |")
+    if failed:
+        lines += ["", "## Pages whose notebook raised an error", ""]
+        lines += [f"- {_page_link(o)}: `{_md('; '.join(o.reasons))}`" for o in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_generated_pages(outcomes: Sequence[Outcome], chapters_: Sequence[Chapter], layout: Layout) -> None:
+    from .report import render_performance
+
+    layout.generated.mkdir(parents=True, exist_ok=True)
     for name, text in {
-        "results.md": render_results(outcomes),
+        "results.md": render_results(outcomes, chapters_, layout),
         "not_run.md": render_not_run(outcomes),
-        "performance.md": render_performance(ROOT / "bench" / "results"),
+        "performance.md": render_performance(layout.root / "bench" / "results"),
     }.items():
-        with atomic_write(GEN_DIR / name, "w") as f:
+        with atomic_write(layout.generated / name, "w") as f:
             f.write(text)
 
 
-def build_html(strict: bool = True) -> int:
+def build_html(layout: Layout | None = None, strict: bool = True) -> int:
     """Run Jupyter Book 1 on the repository root (``_config.yml``/``_toc.yml``); return its exit code."""
+    layout = layout or Layout()
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(ROOT), "--builder", "html"]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(layout.root), "--builder", "html"]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
     print("$", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=ROOT)
+    return subprocess.call(cmd, cwd=layout.root)
 
 
-def main(argv: list[str] | None = None) -> int:
+# ------------------------------------------------------------------------------------------ main
+def _write_toc_if_changed(registry: Registry, layout: Layout) -> bool:
+    toc = render_toc(registry, layout)
+    path = layout.root / "_toc.yml"
+    if path.exists() and path.read_text() == toc:
+        return False
+    with atomic_write(path, "w") as f:
+        f.write(toc)
+    return True
+
+
+def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, layout: Layout | None = None,
+        html: Callable[[Layout], int] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lfxai_utils.book", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", default=[], help="run only pages whose key contains this (repeatable)")
     ap.add_argument("--force", action="store_true", help="re-execute pages even if nothing changed")
     ap.add_argument("--no-html", action="store_true", help="execute pages but do not build the HTML")
     ap.add_argument("--html-only", action="store_true", help="build the HTML from what is already executed")
+    ap.add_argument("--list", action="store_true", help="list the pages and whether each can run here, then exit")
     ap.add_argument("--write-toc", action="store_true", help="write _toc.yml and exit")
     ap.add_argument("--train-checkpoints", action="store_true",
-                    help="execute pages in mode=train, writing checkpoints into checkpoints/")
+                    help="execute the pages in mode=train (with reuse_checkpoints=True and each page's train_params), "
+                         "writing checkpoints into checkpoints/; no HTML")
     args = ap.parse_args(argv)
+    registry = registry or default_registry()
+    layout = layout or Layout()
+    html = html or build_html
+    t_start = time.perf_counter()
 
-    toc = render_toc()
-    if args.write_toc or (ROOT / "_toc.yml").read_text() != toc:
-        with atomic_write(ROOT / "_toc.yml", "w") as f:
-            f.write(toc)
-        if args.write_toc:
-            print("wrote _toc.yml")
-            return 0
-    EXEC_DIR.mkdir(parents=True, exist_ok=True)
-    os.environ["LFXAI_BOOK"] = "1"  # notebooks render plotly for the static book (plotly.js shipped once)
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    cache = json.loads(CACHE_FILE.read_text()) if CACHE_FILE.exists() else {}
+    if _write_toc_if_changed(registry, layout) or args.write_toc:
+        print("wrote _toc.yml")
+    if args.write_toc:
+        return 0
+    chapters_ = chapters(registry, layout)
+    pages = [p for c in chapters_ for p in c.pages]
     mode = "train" if args.train_checkpoints else "inference"
-    pages = [p for p in all_pages() if not args.only or any(s in p.key for s in args.only)]
-    outcomes: list[Outcome] = []
-    if not args.html_only:
-        code_hash = _code_hash()
-        t_all = time.perf_counter()
-        for i, page in enumerate(pages, 1):
-            print(f"[{i}/{len(pages)}] {page.key} ...", end=" ", flush=True)
-            outcome = execute_page(page, mode=mode, force=args.force, cache=cache, code_hash=code_hash)
-            outcomes.append(outcome)
-            detail = f" in {outcome.seconds:.1f} s" if outcome.seconds else ""
-            print(f"{outcome.status}{detail}" + (f" ({'; '.join(outcome.reasons)})" if outcome.reasons else ""),
-                  flush=True)
-            with atomic_write(CACHE_FILE, "w") as f:
-                json.dump(cache, f, indent=1, sort_keys=True)
-        print(f"pages done in {time.perf_counter() - t_all:.1f} s", flush=True)
-    # pages not selected this time keep their previous state; the overview reads what exists on disk
-    selected = {o.page.key for o in outcomes}
-    for page in all_pages():
-        if page.key not in selected:
-            status = "cached" if (EXEC_DIR / f"{page.key}.ipynb").exists() else "not-run"
-            reasons = [] if status == "cached" else ["not executed in this build (see the page)"]
-            if status == "not-run" and not (EXEC_DIR / f"{page.key}.md").exists():
-                _write_not_run_page(page, reasons)
-            outcomes.append(Outcome(page, status, reasons=reasons))
-    _write_generated_pages(outcomes)
-    failed = [o for o in outcomes if o.status == "failed"]
-    rc = 0 if (args.no_html or mode == "train") else build_html()
-    for o in failed:
-        print(f"FAILED: {o.page.key}: {'; '.join(o.reasons)} (executed copy: book/_executed/{o.page.key}.ipynb)",
+    selected = [p for p in pages if not args.only or any(s in p.key for s in args.only)]
+    if args.only and not selected:
+        print(f"no page key contains {' or '.join(map(repr, args.only))}; keys: {', '.join(p.key for p in pages)}",
               file=sys.stderr)
-    if rc == 0 and not args.no_html and mode == "inference":
-        print(f"book built: {ROOT / '_build' / 'html' / 'index.html'}")
-    return 1 if failed else rc
+        return 2
+    if args.list:
+        memo: dict = {}
+        for p in selected:
+            r = check_page(p, mode, registry=registry, layout=layout, data_memo=memo)
+            print(f"{p.key:60s} {'ready' if r.ready else 'NOT READY: ' + '; '.join(r.reasons)}")
+        return 0
+
+    state = load_state(layout)
+    outcomes: dict[str, Outcome] = {}
+    if not args.html_only:
+        code = code_hash(layout)
+        memo = {}
+        progress = sys.stderr.isatty()
+        print(f"{len(selected)} page(s) in {mode} mode", flush=True)
+        for i, page in enumerate(selected, 1):
+            print(f"[{i}/{len(selected)}] {page.key} ...", end=" " if not progress else "\n", flush=True)
+            o = execute_page(page, mode=mode, force=args.force, state=state, code=code, registry=registry,
+                             layout=layout, data_memo=memo, progress=progress)
+            outcomes[page.key] = o
+            detail = f" in {o.seconds:.1f} s" if o.status in ("executed", "failed") else ""
+            print(f"{o.status}{detail}" + (f" ({'; '.join(o.reasons)})" if o.reasons else ""), flush=True)
+            if mode == "inference":
+                save_state(layout, state)
+    failed = [o for o in outcomes.values() if o.status == "failed"]
+    rc = 0
+    if mode == "inference":
+        all_outcomes = [outcomes.get(p.key) or outcome_from_state(p, state, layout) for p in pages]
+        failed = [o for o in all_outcomes if o.status == "failed"]
+        write_generated_pages(all_outcomes, chapters_, layout)
+        if not args.no_html:
+            rc = html(layout)
+    print("\n" + "-" * 100)
+    for o in outcomes.values():
+        secs = f"{o.seconds:7.1f} s" if o.status in ("executed", "failed", "cached") and o.seconds else " " * 9
+        print(f"{o.status:9s} {secs}  {o.page.key}")
+    for o in failed:
+        where = layout.rel(layout.executed_nb(o.page, mode))
+        print(f"FAILED: {o.page.key}: {'; '.join(o.reasons)} (executed copy with the traceback: {where})",
+              file=sys.stderr)
+    if rc:
+        print(f"jupyter-book build failed (exit code {rc}); the warnings above say why", file=sys.stderr)
+    elif mode == "inference" and not args.no_html:
+        print(f"book built: {layout.rel(layout.root / '_build' / 'html' / 'index.html')}")
+    if mode == "train" and not failed:
+        print("checkpoints written; `make book` now executes the pages from them")
+    print(f"total wall time {time.perf_counter() - t_start:.1f} s", flush=True)
+    return 1 if (failed or rc) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv)
 
 
 if __name__ == "__main__":

@@ -358,7 +358,7 @@ def checkpoint_table(directory: PathLike = DEFAULT_DIR) -> str:
         kw = ", ".join(f"{k}={v}" for k, v in m["arch_kwargs"].items())
         loss = t.get("best_val_loss")
         rows.append(
-            f"| `{m['name']}` | {m['arch']} | {kw} | {m.get('data', {}).get('dataset', '')} "
+            f"| `{m['name']}` | {m['arch']} | {kw} | {m.get('data', {}).get('dataset') or m.get('data', {}).get('name', '')} "
             f"| {t.get('n_train', '')} / {t.get('n_val', '')} | {t.get('epochs_run', '')} ({t.get('best_epoch', '')}) "
             f"| {'' if loss is None else f'{loss:.5g}'} | {len(m.get('tracin_checkpoints', []))} "
             f"| {m['file']['size'] / 1e6:.2f} MB | `{m['file']['sha256'][:12]}` |")

@@ -3,15 +3,21 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# parallel test workers (pytest-xdist); the notebook smoke runs dominate the suite
+JOBS   ?= 2
+# extra arguments for the book builder, e.g. make book BOOK_ARGS="--only mnist"
+BOOK_ARGS ?=
 
-.PHONY: venv test test-fast book notebooks bench checkpoints clean help
+.PHONY: venv test test-fast book book-list notebooks bench checkpoints clean help
 
 help:
 	@echo "make book         set up .venv, execute every notebook from the shipped checkpoints, build the HTML book"
-	@echo "make test         set up .venv and run the test suite"
+	@echo "                  (_build/html/index.html; incremental: unchanged pages are not executed again)"
+	@echo "make test         set up .venv and run the test suite (the browser test checks the last built book)"
 	@echo "make test-fast    the test suite without the slow notebook/browser tests"
+	@echo "make book-list    which pages of the book can run on this machine, and why the others cannot"
 	@echo "make bench        benchmarks against the authors' lfxai package"
-	@echo "make checkpoints  retrain the shipped checkpoints (mode=train)"
+	@echo "make checkpoints  retrain the shipped checkpoints (mode=train; BOOK_ARGS=\"--only KEY\" for one page)"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,20 +30,23 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(JOBS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(JOBS) -m "not slow"
 
 book: $(STAMP)
-	$(PY) -m lfxai_utils.book
+	$(PY) -m lfxai_utils.book $(BOOK_ARGS)
+
+book-list: $(STAMP)
+	$(PY) -m lfxai_utils.book --list $(BOOK_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -r bench/requirements.txt
+	$(PY) -m pip install -q --no-deps -r bench/requirements.txt
 	$(PY) bench/run_benchmarks.py
 
 checkpoints: $(STAMP)
-	$(PY) -m lfxai_utils.book --train-checkpoints
+	$(PY) -m lfxai_utils.book --train-checkpoints $(BOOK_ARGS)
 
 clean:
-	rm -rf _build book/_executed
+	rm -rf _build book/_executed book/_generated book/_static/plotly.min.js book/_static/mathjax

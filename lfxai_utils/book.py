@@ -23,6 +23,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -44,6 +45,8 @@ _NOT_CODE = {"book.py", "book_sphinx.py"}
 DATASET_LABELS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
                   "dsprites": "dSprites"}
 VERDICTS = ("holds", "does not hold", "inconclusive")
+#: kernel options: no "running over TCP without encryption" warning in the middle of the progress lines
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -99,7 +102,7 @@ class Registry:
 
     chapters: Sequence[Chapter]
     data_requirements: Callable[[str, str, str | None], list]      # (notebook, dataset, model) -> [(name, kwargs)]
-    required_checkpoints: Callable[[str, str, str | None], list]   # (notebook, dataset, model) -> [names]
+    required_checkpoints: Callable[..., list]   # (notebook, dataset, model[, params=page parameters]) -> [names]
 
 
 def default_registry() -> Registry:
@@ -194,11 +197,12 @@ def render_toc(registry: Registry | None = None, layout: Layout | None = None) -
         lines.append(f"      - file: book/{c.intro}")
         if c.pages:
             lines.append("        sections:")
-            lines += [f"          - file: book/_executed/{p.key}" for p in c.pages]
+            for p in c.pages:
+                lines += [f"          - file: book/_executed/{p.key}", f"            title: {json.dumps(p.title)}"]
     lines += [
         "  - caption: Engineering",
         "    chapters:",
-        "      - file: book/api",
+        "      - file: book/_generated/api",
         "      - file: book/_generated/performance",
     ]
     return "\n".join(lines) + "\n"
@@ -267,11 +271,25 @@ def _data_fingerprint(name: str, kwargs: Mapping[str, Any], layout: Layout, memo
                           "n_test": splits.info.get("n_test")}, None)
         except DatasetNotFoundError:
             where = ", ".join(f"`{layout.rel(d)}`" for d in search_dirs(layout.data_dir))
-            memo[key] = (None, f"data: dataset `{name}` is not in any data folder searched here ({where}); "
-                               "the book never downloads")
+            memo[key] = (None, f"data: dataset `{name}` is not in any data folder searched here ({where}), "
+                               "and the book does not download")
         except ChecksumError as err:
             memo[key] = (None, f"data: dataset `{name}` fails its checksum ({str(err).splitlines()[0]})")
     return memo[key]
+
+
+def _required_checkpoints(registry: Registry, page: Page, mode: str) -> list[str]:
+    """The registry's checkpoint list for this page, given the page's parameters when it takes them."""
+    import inspect
+
+    fn = registry.required_checkpoints
+    try:
+        takes_params = "params" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_params = False
+    if takes_params:
+        return list(fn(page.notebook, page.dataset, page.model, params=page.parameters(mode)))
+    return list(fn(page.notebook, page.dataset, page.model))
 
 
 def check_page(page: Page, mode: str = "inference", *, registry: Registry | None = None,
@@ -293,16 +311,33 @@ def check_page(page: Page, mode: str = "inference", *, registry: Registry | None
         else:
             fp["data"][f"{name} {json.dumps(dict(kwargs or {}), sort_keys=True, default=str)}"] = finger
     if mode == "inference":
-        for name in registry.required_checkpoints(page.notebook, page.dataset, page.model):
+        absent, unlisted = [], []
+        for name in _required_checkpoints(registry, page, mode):
             pt, manifest = layout.checkpoints / f"{name}.pt", layout.checkpoints / f"{name}.json"
             if not pt.is_file():
-                reasons.append(f"checkpoint: `checkpoints/{name}.pt` is not shipped")
+                absent.append(f"`checkpoints/{name}.pt`")
             elif not manifest.is_file():
-                reasons.append(f"checkpoint: `checkpoints/{name}.pt` has no manifest `checkpoints/{name}.json`")
+                unlisted.append(f"`checkpoints/{name}.json`")
             else:
                 fp["checkpoints"][name] = {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
                                            "size": pt.stat().st_size}
+        if absent:
+            reasons.append(f"checkpoints not shipped ({len(absent)}): {', '.join(absent)}")
+        if unlisted:
+            reasons.append(f"checkpoint manifests missing ({len(unlisted)}): {', '.join(unlisted)}")
     return Readiness(not reasons, reasons, fp)
+
+
+def brief(reason: str, keep: int = 3) -> str:
+    """``reason`` with a long list of `names` cut to the first ``keep`` (for tables)."""
+    items = re.findall(r"`[^`]+`", reason)
+    m = re.search(r"(`[^`]+`(?:, `[^`]+`)+)$", reason)
+    if not m or len(items) <= keep + 1:
+        return reason
+    names = re.findall(r"`[^`]+`", m.group(1))
+    if len(names) <= keep + 1:
+        return reason
+    return reason[:m.start()] + ", ".join(names[:keep]) + f" and {len(names) - keep} more"
 
 
 def code_hash(layout: Layout | None = None) -> str:
@@ -433,7 +468,7 @@ def _params_note(page: Page, mode: str, params: Mapping[str, Any], defaults: Map
     own = [(k, v) for k, v in page.parameters(mode).items() if k not in ("dataset", "model", "mode")]
     lines = [":::{admonition} Parameters of this run", ":class: note",
              f"Executed by `python -m lfxai_utils.book` {how} on {_dt.date.today().isoformat()}, "
-             f"in {seconds:.0f} s on {os.cpu_count()} CPU cores.", ""]
+             f"in {seconds:.0f} s on {_machine()}.", ""]
     if own:
         lines.append("The book sets these parameters (everything else keeps the notebook's default):")
         lines.append("")
@@ -446,10 +481,26 @@ def _params_note(page: Page, mode: str, params: Mapping[str, Any], defaults: Map
     return "\n".join(lines)
 
 
-def _insert_params_note(nb_path: Path, note: str) -> None:
+def _machine() -> str:
+    import torch
+
+    gpu = f" and a GPU ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()} CPU cores{gpu}"
+
+
+def _postprocess(nb_path: Path, note: str, label: str) -> None:
+    """Name the dataset in the page's title and insert the parameters note after the injected parameters."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            lines = cell.source.split("\n")
+            i = next((k for k, line in enumerate(lines) if line.startswith("# ")), None)
+            if i is not None and label not in lines[i]:
+                lines[i] = f"{lines[i].rstrip()} ({label})"
+                cell.source = "\n".join(lines)
+            break
     at = next((i + 1 for i, c in enumerate(nb.cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])),
               next((i + 1 for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])),
                    0))
@@ -478,7 +529,13 @@ def execute_page(page: Page, *, mode: str = "inference", force: bool = False, st
         return Outcome(page, "not-run", reasons=readiness.reasons, when=when)
 
     source = layout.notebook(page)
-    defaults = notebook_parameters(source)
+    try:
+        defaults = notebook_parameters(source)
+    except Exception as err:  # noqa: BLE001 - unreadable notebook or no parameters cell
+        reason = f"{layout.rel(source)}: {type(err).__name__}: {err}"
+        if mode == "inference":
+            state[page.key] = {"status": "failed", "reasons": [reason], "when": when}
+        return Outcome(page, "failed", reasons=[reason], when=when)
     out_dir, out_nb = layout.output_dir(page, mode), layout.executed_nb(page, mode)
     params = page.parameters(mode)
     if mode == "train":
@@ -510,10 +567,13 @@ def execute_page(page: Page, *, mode: str = "inference", force: bool = False, st
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     reason = None
+    # the book validates the parameters itself; papermill's parser warns about comments containing "="
+    logging.getLogger("papermill").setLevel(logging.ERROR)
     try:
-        with _environ(LFXAI_BOOK="1", LFXAI_NO_PROGRESS="1", MPLBACKEND="module://matplotlib_inline.backend_inline"):
+        with _environ(LFXAI_BOOK="1", LFXAI_NO_PROGRESS="1"):
             pm.execute_notebook(str(source), str(out_nb), parameters=params, kernel_name="python3",
-                                cwd=str(layout.root), progress_bar=progress, log_output=False)
+                                cwd=str(layout.root), progress_bar=progress, log_output=False,
+                                extra_arguments=KERNEL_ARGS)
     except pm.PapermillExecutionError as err:
         reason = f"cell [{err.exec_count}]: {err.ename}: {err.evalue}"
     except Exception as err:  # noqa: BLE001 - kernel died, missing kernel, ...
@@ -523,7 +583,7 @@ def execute_page(page: Page, *, mode: str = "inference", force: bool = False, st
         if mode == "inference":
             state[page.key] = {"status": "failed", "reasons": [reason], "seconds": seconds, "when": when}
         return Outcome(page, "failed", seconds, [reason], when)
-    _insert_params_note(out_nb, _params_note(page, mode, params, defaults, seconds))
+    _postprocess(out_nb, _params_note(page, mode, params, defaults, seconds), page.label)
     if mode == "inference":
         state[page.key] = {"status": "executed", "digest": digest, "seconds": seconds, "when": when}
     return Outcome(page, "executed", seconds, when=when)
@@ -538,6 +598,12 @@ def outcome_from_state(page: Page, state: Mapping[str, dict], layout: Layout) ->
         return Outcome(page, "failed", prev.get("seconds", 0.0), list(prev.get("reasons", [])), prev.get("when", ""))
     if prev and prev.get("status") == "not-run" and layout.not_run_md(page).exists():
         return Outcome(page, "not-run", reasons=list(prev.get("reasons", [])), when=prev.get("when", ""))
+    if not prev and layout.executed_nb(page).exists():   # state lost: trust papermill's own record
+        import nbformat
+
+        meta = nbformat.read(layout.executed_nb(page), as_version=4).metadata.get("papermill", {})
+        if meta.get("end_time") and not meta.get("exception"):     # finished without error
+            return Outcome(page, "cached", float(meta.get("duration") or 0.0), when=str(meta.get("end_time", "")))
     reasons = [f"not executed yet: run `python -m lfxai_utils.book --only {page.key}`"]
     _write_not_run_page(page, reasons, layout)
     return Outcome(page, "not-run", reasons=reasons)
@@ -622,22 +688,21 @@ def render_results(outcomes: Sequence[Outcome], chapters_: Sequence[Chapter], la
             continue
         any_rows = True
         table = pd.concat(frames, ignore_index=True)
-        cols = ["page", "quantity", "ours", "anchor", "anchor_source", "criterion", "verdict"]
-        table = table[[k for k in cols if k in table.columns]]
-        lines += [f"### {c.title}", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-        for row in table.itertuples(index=False):
-            cells = [str(v) if i == 0 else _md(v) for i, v in enumerate(row)]
-            if "verdict" in table.columns:
-                j = list(table.columns).index("verdict")
-                cells[j] = f"**{cells[j]}**"
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += [f"### {c.title}", "", "| dataset | quantity | ours | anchor (source) | criterion | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for r in table.to_dict("records"):
+            anchor = _md(r.get("anchor", ""))
+            source = _md(r.get("anchor_source", ""))
+            lines.append(f"| {r['page']} | {_md(r.get('quantity', ''))} | {_md(r.get('ours', ''))} | "
+                         f"{anchor}" + (f" (*{source}*)" if source else "") + f" | {_md(r.get('criterion', ''))} | "
+                         f"**{_md(r.get('verdict', ''))}** |")
         lines.append("")
     if not any_rows:
         lines += ["No executed page wrote a verdict in this build.", ""]
     missing = [o for o in outcomes if o.status in ("not-run", "failed")]
     if missing:
         lines += ["## Pages without results in this build", ""]
-        lines += [f"- {_page_link(o)}: {'; '.join(o.reasons) or o.status}" for o in missing]
+        lines += [f"- {_page_link(o)}: {'; '.join(brief(r) for r in o.reasons) or o.status}" for o in missing]
         lines += [""]
     lines += ["## Execution times", "",
               "Wall time of each page's last execution on the machine that built this book "
@@ -665,13 +730,101 @@ def render_not_run(outcomes: Sequence[Outcome]) -> str:
     if not skipped and not failed:
         lines.append("Every page of the book was executed in this build.")
     if skipped:
-        lines += ["| page | why it was not run | run it with |", "|---|---|---|"]
+        lines += ["Each page's own text has the full commands (inference from checkpoints, or training first).", ""]
         for o in skipped:
-            lines.append(f"| {_page_link(o)} | {_md('; '.join(o.reasons))} | "
-                         f"`{_md(papermill_command(o.page, 'train', reuse_checkpoints=True))}` |")
+            lines += [f"- {_page_link(o)}: {'; '.join(brief(r) for r in o.reasons)}", "",
+                      "  ```bash", f"  {papermill_command(o.page, 'train', reuse_checkpoints=True)}", "  ```", ""]
     if failed:
         lines += ["", "## Pages whose notebook raised an error", ""]
         lines += [f"- {_page_link(o)}: `{_md('; '.join(o.reasons))}`" for o in failed]
+    return "\n".join(lines) + "\n"
+
+
+#: API page order: the method first, then data and models, then what the notebooks and the book use
+API_MODULES = ("features", "examples", "metrics", "data", "fixtures", "models", "training", "checkpoints",
+               "experiments.common", "report", "plotting", "visualisation", "book")
+API_TITLES = {"features": "Label-free feature importance", "examples": "Label-free example importance",
+              "metrics": "Metrics", "data": "Data", "fixtures": "Test fixtures", "models": "Models",
+              "training": "Training", "checkpoints": "Checkpoints",
+              "experiments.common": "Experiments: what every notebook shares", "report": "Verdicts and reports",
+              "plotting": "Figures", "visualisation": "Feature visualisation", "book": "The book builder"}
+
+
+def _fence(text: str, lang: str = "") -> str:
+    ticks = "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    return f"{ticks}{lang}\n{text}\n{ticks}"
+
+
+def _public_members(mod) -> list[tuple[str, Any]]:
+    import inspect
+
+    names = getattr(mod, "__all__", None)
+    if names is None:
+        names = [n for n, v in vars(mod).items() if not n.startswith("_")
+                 and (inspect.isfunction(v) or inspect.isclass(v)) and getattr(v, "__module__", "") == mod.__name__]
+    out = []
+    for n in names:
+        try:
+            v = getattr(mod, n)
+        except Exception:  # noqa: BLE001 - a lazy export that cannot load here
+            continue
+        if inspect.isfunction(v) or inspect.isclass(v):
+            out.append((n, v))
+    return out
+
+
+def _signature(name: str, obj: Any) -> str:
+    import inspect
+
+    class _Raw(str):   # a string annotation shown without quotes (the package uses postponed annotations)
+        def __repr__(self) -> str:
+            return str(self)
+
+    def raw(a):
+        return _Raw(a) if isinstance(a, str) else a
+
+    try:
+        sig = inspect.signature(obj)
+        sig = sig.replace(parameters=[q.replace(annotation=raw(q.annotation)) for q in sig.parameters.values()],
+                          return_annotation=raw(sig.return_annotation))
+        sig = str(sig)
+    except (TypeError, ValueError):
+        sig = "(...)"
+    return f"{'class ' if inspect.isclass(obj) else 'def '}{name}{sig}"
+
+
+def render_api(modules: Sequence[str] = API_MODULES, claim_modules: bool = True) -> str:
+    """The API reference page, generated from the docstrings (shown verbatim: no docstring can break the build)."""
+    import importlib
+    import inspect
+
+    names = list(modules)
+    if claim_modules:
+        from .experiments import _MODULES
+
+        names += [f"experiments.{m}" for m in sorted(set(_MODULES.values()))
+                  if (ROOT / "lfxai_utils" / "experiments" / f"{m}.py").exists()]
+    lines = ["# API reference", "",
+             "The notebooks are thin: everything they compute lives in the `lfxai_utils` package of this "
+             "repository (installed into `.venv` by `make venv`). This page is generated from the package's "
+             "docstrings by `python -m lfxai_utils.book`; read the source for the details.", ""]
+    for short in names:
+        try:
+            mod = importlib.import_module(f"lfxai_utils.{short}")
+        except Exception as err:  # noqa: BLE001 - a module that does not import is reported, not fatal here
+            lines += [f"## `lfxai_utils.{short}`", "", f"(could not be imported: `{type(err).__name__}`)", ""]
+            continue
+        title = API_TITLES.get(short) or (f"Claim module `{short.split('.')[-1]}`" if short.startswith("experiments.")
+                                          else short)
+        lines += [f"## {title}", "", f"`lfxai_utils.{short}`", ""]
+        doc = inspect.getdoc(mod)
+        if doc:
+            lines += [_fence(doc, "text"), ""]
+        for name, obj in _public_members(mod):
+            lines += [f"### `{name}`", "", _fence(_signature(name, obj), "python"), ""]
+            doc = inspect.getdoc(obj)
+            if doc and not (inspect.isclass(obj) and doc == inspect.getdoc(object)):
+                lines += [_fence(doc, "text"), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -683,6 +836,7 @@ def write_generated_pages(outcomes: Sequence[Outcome], chapters_: Sequence[Chapt
         "results.md": render_results(outcomes, chapters_, layout),
         "not_run.md": render_not_run(outcomes),
         "performance.md": render_performance(layout.root / "bench" / "results"),
+        "api.md": render_api(),
     }.items():
         with atomic_write(layout.generated / name, "w") as f:
             f.write(text)
@@ -694,9 +848,12 @@ def build_html(layout: Layout | None = None, strict: bool = True) -> int:
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(layout.root), "--builder", "html"]
     if strict:
-        cmd += ["-W", "-n", "--keep-going"]
+        cmd += ["-W", "-n", "--keep-going", "-q"]   # -q: warnings and errors only
     print("$", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=layout.root)
+    # the book's Sphinx extension (lfxai_utils.book_sphinx) must import even without `pip install -e .`
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.call(cmd, cwd=layout.root, env=env)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -744,7 +901,7 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
         memo: dict = {}
         for p in selected:
             r = check_page(p, mode, registry=registry, layout=layout, data_memo=memo)
-            print(f"{p.key:60s} {'ready' if r.ready else 'NOT READY: ' + '; '.join(r.reasons)}")
+            print(f"{p.key:50s} {'ready' if r.ready else 'NOT READY: ' + '; '.join(brief(x) for x in r.reasons)}")
         return 0
 
     state = load_state(layout)
@@ -760,7 +917,8 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
                              layout=layout, data_memo=memo, progress=progress)
             outcomes[page.key] = o
             detail = f" in {o.seconds:.1f} s" if o.status in ("executed", "failed") else ""
-            print(f"{o.status}{detail}" + (f" ({'; '.join(o.reasons)})" if o.reasons else ""), flush=True)
+            print(f"{o.status}{detail}" + (f" ({'; '.join(brief(r) for r in o.reasons)})" if o.reasons else ""),
+                  flush=True)
             if mode == "inference":
                 save_state(layout, state)
     failed = [o for o in outcomes.values() if o.status == "failed"]
@@ -773,12 +931,14 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
             rc = html(layout)
     print("\n" + "-" * 100)
     for o in outcomes.values():
-        secs = f"{o.seconds:7.1f} s" if o.status in ("executed", "failed", "cached") and o.seconds else " " * 9
+        secs = f"{o.seconds:7.1f} s" if o.status in ("executed", "failed") else " " * 9
+        if o.status == "cached" and o.seconds:
+            secs = f"({o.seconds:.0f} s when last executed)"
         print(f"{o.status:9s} {secs}  {o.page.key}")
     for o in failed:
-        where = layout.rel(layout.executed_nb(o.page, mode))
-        print(f"FAILED: {o.page.key}: {'; '.join(o.reasons)} (executed copy with the traceback: {where})",
-              file=sys.stderr)
+        nb = layout.executed_nb(o.page, mode)
+        where = f" (executed copy with the traceback: {layout.rel(nb)})" if nb.exists() else ""
+        print(f"FAILED: {o.page.key}: {'; '.join(o.reasons)}{where}", file=sys.stderr)
     if rc:
         print(f"jupyter-book build failed (exit code {rc}); the warnings above say why", file=sys.stderr)
     elif mode == "inference" and not args.no_html:

@@ -25,7 +25,7 @@ write("notebooks/claim1_feature_consistency.ipynb", [
     md("## Data"),
     code('''
     splits = exp.load_data(**X.load_kwargs(dataset))
-    x = X.explained_set(splits, exp.size(n_explain, 64), seed)
+    x = X.explained_set(splits, exp.size(n_explain, 32), seed)
     baseline = common.baseline_for(dataset, splits, model)
     print(f"{len(splits.train):,} training and {len(splits.test):,} test examples; explaining {len(x):,}")
     '''),

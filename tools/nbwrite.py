@@ -48,7 +48,7 @@ data_dir = None           # default: $LFXAI_DATA_DIR, then <repo>/data
 output_dir = None         # default: results/<notebook>/<dataset>
 checkpoint_dir = None     # default: <repo>/checkpoints
 reuse_checkpoints = False # train mode: reuse matching checkpoints instead of retraining them
-n_epochs = None           # train mode: None = the paper's epochs; an int caps every model's training
+n_epochs = None           # train mode: None keeps the paper's epochs; an int caps every model's training
 '''
 
 

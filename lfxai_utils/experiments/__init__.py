@@ -33,9 +33,19 @@ def data_requirements(notebook: str, dataset: str, model: str | None = None) -> 
     return module_for(notebook).data_requirements(dataset, model)
 
 
-def required_checkpoints(notebook: str, dataset: str, model: str | None = None) -> list[str]:
-    """Checkpoint names the page loads in inference mode (with the book's parameters)."""
-    return module_for(notebook).required_checkpoints(dataset, model)
+def required_checkpoints(notebook: str, dataset: str, model: str | None = None,
+                         params: dict[str, Any] | None = None) -> list[str]:
+    """Checkpoint names the page loads in inference mode (with the book's parameters).
+
+    ``params`` (a page's papermill parameters) are passed on to the module's ``required_checkpoints`` where it
+    takes them as keywords (e.g. ``n_runs``, ``betas``); the others are ignored.
+    """
+    import inspect
+
+    fn = module_for(notebook).required_checkpoints
+    sig = inspect.signature(fn).parameters
+    kw = {k: v for k, v in (params or {}).items() if k in sig and k not in ("dataset", "model")}
+    return fn(dataset, model, **kw)
 
 
 def _pages(notebook: str, label: str, datasets: list[tuple[str, str | None]], params: dict | None = None):

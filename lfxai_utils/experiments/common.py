@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -111,6 +112,14 @@ def baseline_for(dataset: str, splits: DatasetSplits, model: str | None = None):
     return torch.zeros((1, *x0.shape))
 
 
+def _short(path: Path) -> str:
+    """``path`` relative to the repository when inside it (pages should not show this machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _check_identity(manifest: Mapping[str, Any], identity: Mapping[str, Any], name: str, hint: str) -> None:
     """The checkpoint's settings must agree with ``identity`` on every key it names (the budget may differ)."""
     saved = manifest.get("settings", {})
@@ -162,8 +171,8 @@ class Experiment:
         if self.smoke:
             what = "SMOKE TEST (generated fixture data, tiny models trained on the fly; numbers mean nothing) in"
         budget = f"; epochs capped at {self.n_epochs}" if self.n_epochs and self.mode == "train" else ""
-        return (f"{self.notebook} on {self.label}: {what} {self.checkpoint_dir}{budget}; device {self.device}; "
-                f"seed {self.seed}; results in {self.output_dir}")
+        return (f"{self.notebook} on {self.label}: {what} {_short(self.checkpoint_dir)}{budget}; "
+                f"device {self.device}; seed {self.seed}; results in {_short(self.output_dir)}")
 
     # -------------------------------------------------------------- data
     def load_data(self, dataset: str | None = None, **kwargs: Any) -> DatasetSplits:
@@ -171,8 +180,12 @@ class Experiment:
         name = dataset or self.dataset
         kwargs.setdefault("download", self.mode == "train")
         kwargs.setdefault("progress", self.progress)
-        splits = load_dataset(name, data_dir=self.data_dir, **kwargs)
-        for note in splits.info.get("notes", []):
+        with warnings.catch_warnings(record=True) as caught:   # printed below, without the source path
+            warnings.simplefilter("always")
+            splits = load_dataset(name, data_dir=self.data_dir, **kwargs)
+        notes = list(splits.info.get("notes", []))
+        notes += [str(w.message) for w in caught if not any(n in str(w.message) for n in notes)]
+        for note in notes:
             print(f"note ({dataset_label(name)}): {note}")
         return splits
 
@@ -229,7 +242,7 @@ class Experiment:
     # -------------------------------------------------------------- outputs
     def save_csv(self, df: pd.DataFrame, filename: str) -> Path:
         path = write_csv(df, self.output_dir / filename)
-        print(f"wrote {path}")
+        print(f"wrote {_short(path)}")
         return path
 
     def save_figure(self, fig, filename: str) -> Path:

@@ -104,10 +104,14 @@ def attributions(exp: Experiment, encoder, x, baseline, *, methods=METHODS, show
                  batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Label-free attributions of ``x`` per method (plus GradientSHAP with the authors' pairing, to compare)."""
     out = {}
+    batch_size = exp.size(batch_size, 16)   # smoke: small batches (SimCLR's ResNet-18 × 50 IG steps is memory-hungry)
     for m in methods:
         gen = torch.Generator().manual_seed(exp.seed)
+        # IG expands every example into n_steps points: bound the expanded batch to ``batch_size`` examples
+        extra = ({"internal_batch_size": batch_size, "n_steps": exp.size(50, 8)}
+                 if m == "integrated_gradients" else {})
         out[m] = attribute_dataset(encoder, x, m, baseline, batch_size=batch_size, device=exp.device,
-                                   progress=exp.progress, generator=gen)
+                                   progress=exp.progress, generator=gen, **extra)
     if show_as_published and "gradient_shap" in methods:
         gen = torch.Generator().manual_seed(exp.seed)
         out["gradient_shap_as_published"] = attribute_dataset(
@@ -120,6 +124,7 @@ def shifts(exp: Experiment, encoder, x, attrs: dict[str, torch.Tensor], baseline
            fractions=FRACTIONS, batch_size: int = 256) -> pd.DataFrame:
     """One row per (method, fraction, example): the representation shift."""
     frames = []
+    batch_size = exp.size(batch_size, 16)
     for m, a in attrs.items():
         df = representation_shift(encoder, x, a, fractions, baseline, batch_size=batch_size, device=exp.device,
                                   progress=False)

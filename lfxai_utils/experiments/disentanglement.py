@@ -1,0 +1,470 @@
+"""Claim 3 — disentangled VAEs (paper §4.3, experiments.md §6).
+
+The common belief is that a more disentangled representation (larger β in a β-VAE or β-TCVAE) has latent units
+that look at *different* parts of the input. For every VAE of a grid loss × β × run we compute the per-unit saliency
+maps ``|z_j(x) · GradientSHAP(μ_j, x)|`` (zero baseline) on the test set and the mean Pearson correlation between
+the maps of different units (each unit's maps pooled over all images); the paper finds that this correlation does
+**not** decrease as β grows. Spearman, cosine, entropy and active-unit counts (ORIG, MNIST) are reported as well.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..checkpoints import checkpoint_name
+from ..data import class_balanced_indices
+from ..features import attribute_units_dataset
+from ..metrics import saliency_metrics
+from ..plotting import PALETTE
+from ..report import Verdict, verdict_word
+from .common import Experiment, ModelSpec, check_choice, json_data_info
+from .feature_consistency import explained_set  # noqa: F401 (the notebook calls X.explained_set)
+
+NOTEBOOK = "claim3_disentanglement"
+CLAIM = "claim3-disvae"
+DATASETS = ("mnist", "dsprites", "cifar10", "cifar100")
+MODELS = (None,)
+LOSSES = ("beta", "tc")
+LOSS_LABELS = {"beta": "β-VAE", "tc": "β-TCVAE"}
+LOSS_MODEL_NAMES = {"beta": "beta-vae", "tc": "tc-vae"}
+BETAS = (1, 5, 10)
+N_RUNS = 5
+METHOD = "gradient_shap"
+METRICS = ("pearson", "spearman", "cosine", "entropy", "active_units")
+METRIC_LABELS = {"pearson": "Pearson correlation", "spearman": "Spearman correlation", "cosine": "cosine similarity",
+                 "entropy": "entropy (nats)", "active_units": "active units per pixel"}
+#: Spearman ranks the whole d × (N·H·W) array in float64; above this many entries it is skipped (NaN).
+SPEARMAN_MAX_ELEMENTS = 50_000_000
+
+
+@dataclass(frozen=True)
+class VAESetting:
+    """Per-dataset VAE settings (experiments.md §6 table)."""
+
+    img_size: tuple[int, int, int]
+    latent_dim: int
+    batch_size: int
+    rec_dist: str
+    n_data: int          # the paper's training-set size; only minibatch *stratified* sampling uses it (not run here)
+
+
+VAE_SETTINGS: dict[str, VAESetting] = {
+    "mnist": VAESetting((1, 32, 32), 3, 300, "bernoulli", 60_000),
+    "dsprites": VAESetting((1, 64, 64), 6, 500, "bernoulli", 663_552),
+    "cifar10": VAESetting((3, 32, 32), 16, 300, "gaussian", 50_000),
+    "cifar100": VAESetting((3, 32, 32), 16, 300, "gaussian", 50_000),
+}
+
+#: FACT results/*/vae/metrics.csv, Pearson, mean ± population std over 5 runs (experiments.md §6).
+FACT_PEARSON: dict[str, dict[tuple[str, int], tuple[float, float]]] = {
+    "mnist": {("beta", 1): (0.241, 0.028), ("beta", 5): (0.254, 0.027), ("beta", 10): (0.240, 0.046),
+              ("tc", 1): (0.228, 0.023), ("tc", 5): (0.241, 0.027), ("tc", 10): (0.227, 0.045)},
+    "dsprites": {("beta", 1): (0.239, 0.053), ("beta", 5): (0.233, 0.055), ("beta", 10): (0.289, 0.068),
+                 ("tc", 1): (0.217, 0.048), ("tc", 5): (0.297, 0.029), ("tc", 10): (0.369, 0.058)},
+    "cifar100": {("beta", 1): (0.189, 0.018), ("beta", 5): (0.252, 0.088), ("beta", 10): (0.249, 0.014),
+                 ("tc", 1): (0.198, 0.011), ("tc", 5): (0.281, 0.073), ("tc", 10): (0.228, 0.008)},
+}
+FACT_RUNS = 5
+FACT_SOURCE = ("FACT reproduction (jwagenbach/FACT) results/{ds}/vae/metrics.csv, mean ± population std over 5 runs "
+               "(experiments.md §6); paper §4.3 (Fig. 3): the correlation does not decrease with β")
+NO_ANCHOR = {"cifar10": "FACT ships the CIFAR-10 VAEs but no CIFAR-10 metrics.csv: no published number"}
+
+
+# ------------------------------------------------------------------------------------------ grid and names
+@dataclass(frozen=True)
+class GridPoint:
+    """One VAE of the grid."""
+
+    loss: str
+    beta: float
+    run: int
+
+    @property
+    def label(self) -> str:
+        return f"{LOSS_LABELS[self.loss]}, β={self.beta:g}, run {self.run}"
+
+
+def _as_list(value: Any) -> list:
+    """A list from a list/tuple, a scalar, or a string as papermill's ``-p`` passes it (``"[1, 5]"`` or ``"1,5"``)."""
+    if isinstance(value, str):
+        import ast
+
+        text = value.strip()
+        if text.startswith(("[", "(")):
+            value = ast.literal_eval(text)
+        else:
+            value = [v for v in text.split(",") if v.strip()]
+    if isinstance(value, Iterable) and not isinstance(value, str):
+        return list(value)
+    return [value]
+
+
+def validate_grid(betas: Iterable[float] = BETAS, losses: Iterable[str] = LOSSES,
+                  n_runs: int = N_RUNS) -> tuple[tuple[float, ...], tuple[str, ...], int]:
+    """Check and normalise the grid parameters (β > 0, distinct; known losses; ``n_runs ≥ 1``)."""
+    betas = tuple(float(b) for b in _as_list(betas))
+    losses = tuple(str(v).strip().lower() for v in _as_list(losses))
+    if not betas or any(not (b > 0 and math.isfinite(b)) for b in betas) or len(set(betas)) != len(betas):
+        raise ValueError(f"betas must be distinct positive numbers, e.g. {list(BETAS)}; got {list(betas)}")
+    if not losses or len(set(losses)) != len(losses):
+        raise ValueError(f"losses must be a non-empty list of distinct values from {list(LOSSES)}; got {list(losses)}")
+    for loss in losses:
+        check_choice("loss", loss, LOSSES)
+    if int(n_runs) != n_runs or int(n_runs) < 1:
+        raise ValueError(f"n_runs must be a positive integer (the paper: {N_RUNS}); got {n_runs!r}")
+    return tuple(sorted(betas)), losses, int(n_runs)
+
+
+def grid(betas: Iterable[float] = BETAS, losses: Iterable[str] = LOSSES, n_runs: int = N_RUNS) -> list[GridPoint]:
+    """Every (loss, β, run) of the experiment, loss-major then β then run (runs are numbered from 0)."""
+    betas, losses, n_runs = validate_grid(betas, losses, n_runs)
+    return [GridPoint(loss, beta, run) for loss in losses for beta in betas for run in range(n_runs)]
+
+
+def checkpoint(dataset: str, loss: str, beta: float, run: int) -> str:
+    """``claim3-disvae_{dataset}_{beta-vae|tc-vae}_beta{β}_run{r}``."""
+    check_choice("dataset", dataset, DATASETS)
+    check_choice("loss", loss, LOSSES)
+    return checkpoint_name(CLAIM, dataset, LOSS_MODEL_NAMES[loss], beta=beta, run=run)
+
+
+def model_seed(seed: int, loss: str, beta: float, run: int) -> int:
+    """The seed a VAE is initialised and trained with: ``seed + 1000·run + 500·[loss = TC] + round(10·β)``.
+
+    ORIG seeded once and trained the 30 models one after the other, so each had its own RNG stream; here every model
+    gets its own stated seed, distinct over the grid for β < 50, and the same whichever notebook trains it.
+    """
+    return int(seed) + 1000 * int(run) + 500 * LOSSES.index(loss) + int(round(10 * float(beta)))
+
+
+def load_kwargs(dataset: str) -> dict[str, Any]:
+    """MNIST is resized to 32×32 for the Burgess VAE (ORIG ``Resize(32)``); the others keep their size."""
+    return {"image_size": 32} if dataset == "mnist" else {}
+
+
+def data_requirements(dataset: str, model: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    return [(dataset, load_kwargs(dataset))]
+
+
+def required_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS,
+                         losses: Iterable[str] = LOSSES, n_runs: int = N_RUNS) -> list[str]:
+    """The checkpoints the page loads in inference mode (notebook defaults: 2 losses × 3 β × 5 runs)."""
+    return [checkpoint(dataset, p.loss, p.beta, p.run) for p in grid(betas, losses, n_runs)]
+
+
+def vae_spec(dataset: str, loss: str, beta: float) -> ModelSpec:
+    """Burgess VAE with the paper's settings: Adam 1e-3, 100 epochs, patience 10, batch 300 (dSprites 500)."""
+    s = VAE_SETTINGS[check_choice("dataset", dataset, DATASETS)]
+    kwargs = {"img_size": list(s.img_size), "latent_dim": s.latent_dim, "loss": check_choice("loss", loss, LOSSES),
+              "beta": float(beta), "rec_dist": s.rec_dist, "n_data": s.n_data}
+    return ModelSpec("vae", kwargs, n_epochs=100, batch_size=s.batch_size, patience=10)
+
+
+# ------------------------------------------------------------------------------------------ models
+def get_vae(exp: Experiment, splits, point: GridPoint) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load (inference) or train (train/smoke) one VAE of the grid, under its own seed (:func:`model_seed`)."""
+    spec = vae_spec(exp.dataset, point.loss, point.beta).with_(identity={"run": point.run})
+    fit_kwargs = {"max_train_examples": 128} if exp.smoke else {}
+    return exp.get_model(checkpoint(exp.dataset, point.loss, point.beta, point.run), spec, splits.train,
+                         data_info=json_data_info(splits), fit_kwargs=fit_kwargs,
+                         seed=model_seed(exp.seed, point.loss, point.beta, point.run), desc=point.label)
+
+
+def get_vaes(exp: Experiment, splits, points: Sequence[GridPoint]) -> dict[GridPoint, tuple[torch.nn.Module, dict]]:
+    """:func:`get_vae` for every grid point, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    return {p: get_vae(exp, splits, p) for p in tqdm(points, desc="VAEs", disable=not exp.progress)}
+
+
+# ------------------------------------------------------------------------------------------ saliency and metrics
+def plot_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Test images to draw: the first occurrence of each class in turn (ORIG: first and second of each digit);
+    the first ``n`` images when the classes run out."""
+    try:
+        return class_balanced_indices(labels, n)
+    except ValueError:
+        return torch.arange(min(n, len(labels)))
+
+
+def unit_saliency(exp: Experiment, encoder, x: torch.Tensor, seed: int, *, batch_size: int = 250,
+                  chunk_batches: int = 16) -> torch.Tensor:
+    """``S`` of shape ``(N, d, H, W)``: ``|z_j(x) · GradientSHAP(μ_j, x)|`` with a zero baseline (RGB averaged first,
+    as FACT); captum's GradientSHAP defaults (5 samples), random draws from a generator seeded with ``seed``.
+
+    The maps are written into one preallocated tensor, ``chunk_batches`` batches at a time, so the peak memory is
+    about the size of ``S`` itself (dSprites' whole test set: 7.2 GB); the result does not depend on the chunking.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    step = max(1, int(chunk_batches)) * int(batch_size)
+    out = None
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(x), step), desc="per-unit GradientSHAP", disable=not exp.progress, leave=False):
+        part = attribute_units_dataset(encoder, x[start:start + step], METHOD, None, batch_size=batch_size,
+                                       device=exp.device, progress=False, generator=gen)
+        if out is None:
+            out = torch.empty((len(x), *part.shape[1:]), dtype=part.dtype)
+        out[start:start + len(part)] = part
+    if out is None:
+        raise ValueError("no images to explain")
+    return out
+
+
+def model_metrics(S: torch.Tensor) -> dict[str, float]:
+    """:func:`~lfxai_utils.metrics.saliency_metrics` of ``S``; Spearman is NaN when ``S`` has more than
+    :data:`SPEARMAN_MAX_ELEMENTS` entries (it ranks the whole array in float64)."""
+    spearman = S.numel() <= SPEARMAN_MAX_ELEMENTS
+    out = {k: float(v) for k, v in saliency_metrics(S, spearman=spearman).items()}
+    out.setdefault("spearman", float("nan"))
+    return {k: out[k] for k in METRICS}
+
+
+def metrics_table(exp: Experiment, vaes: Mapping[GridPoint, tuple[torch.nn.Module, dict]], x: torch.Tensor, *,
+                  batch_size: int = 250) -> pd.DataFrame:
+    """One row per VAE: its grid point, seed, checkpoint, and the saliency metrics on ``x``.
+
+    GradientSHAP's random draws for a model use the model's own seed, so a row does not depend on the others.
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for p, (model, manifest) in tqdm(vaes.items(), desc="saliency metrics", disable=not exp.progress):
+        seed = model_seed(exp.seed, p.loss, p.beta, p.run)
+        S = unit_saliency(exp, model.encoder, x, seed, batch_size=batch_size)
+        rows.append({"loss": LOSS_LABELS[p.loss], "loss_key": p.loss, "beta": p.beta, "run": p.run, "seed": seed,
+                     "checkpoint": manifest.get("name", checkpoint(exp.dataset, p.loss, p.beta, p.run)),
+                     "epochs_run": (manifest.get("training") or {}).get("epochs_run"), "n_explained": len(x),
+                     **model_metrics(S)})
+        del S
+    return pd.DataFrame(rows)
+
+
+def summarise(df: pd.DataFrame, metric: str = "pearson") -> pd.DataFrame:
+    """Mean, population std (ddof 0, as FACT's ± figures) and number of runs per loss and β."""
+    g = df.groupby(["loss_key", "loss", "beta"], sort=True)[metric]
+    out = g.agg(mean="mean", std=lambda v: float(np.std(v, ddof=0)), n="count").reset_index()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ anchors and verdict
+def anchor_table(dataset: str) -> pd.DataFrame:
+    """FACT's Pearson numbers for ``dataset`` (empty, with the reason in ``attrs['note']``, when there are none)."""
+    rows = [{"loss_key": l, "loss": LOSS_LABELS[l], "beta": float(b), "mean": m, "std": s, "n": FACT_RUNS}
+            for (l, b), (m, s) in FACT_PEARSON.get(dataset, {}).items()]
+    df = pd.DataFrame(rows, columns=["loss_key", "loss", "beta", "mean", "std", "n"])
+    df.attrs["note"] = NO_ANCHOR.get(dataset, "" if rows else f"no published number for {dataset}")
+    return df
+
+
+def comparison_table(df: pd.DataFrame, dataset: str, metric: str = "pearson") -> pd.DataFrame:
+    """Ours beside FACT's, per loss and β: ``mean ± std (n runs)`` (population std for both)."""
+    ours = summarise(df, metric)
+    fact = anchor_table(dataset).set_index(["loss_key", "beta"]) if metric == "pearson" else pd.DataFrame()
+    rows = []
+    for r in ours.itertuples(index=False):
+        key = (r.loss_key, r.beta)
+        f = fact.loc[key] if len(fact) and key in fact.index else None
+        rows.append({"loss": r.loss, "β": f"{r.beta:g}", f"ours ({METRIC_LABELS[metric]})":
+                     f"{r.mean:.3f} ± {r.std:.3f} ({r.n} runs)",
+                     "FACT": f"{f['mean']:.3f} ± {f['std']:.3f} ({FACT_RUNS} runs)" if f is not None else "—"})
+    return pd.DataFrame(rows)
+
+
+def trend(values: pd.DataFrame, *, ddof_std: int = 1) -> dict[str, Any]:
+    """Does the metric decrease from the smallest to the largest β?
+
+    ``values``: columns ``beta`` and ``value`` (one row per run). Returns the means per β, the pooled within-β
+    standard deviation ``sqrt(Σ (n_β − 1) s_β² / Σ (n_β − 1))`` (sample variances), the drop
+    ``mean(β_min) − mean(β_max)``, Spearman's ρ between β and the value over all runs with its one-sided p-value
+    for a *decrease*, and ``holds``: ``mean(β_max) ≥ mean(β_min) − pooled std`` (``None`` if no β has two runs).
+    """
+    g = values.groupby("beta")["value"]
+    means, var, n = g.mean(), g.var(ddof=ddof_std), g.count()
+    dof = (n - 1).clip(lower=0)
+    pooled = float(np.sqrt((dof * var.fillna(0)).sum() / dof.sum())) if dof.sum() > 0 else float("nan")
+    lo, hi = means.index.min(), means.index.max()
+    drop = float(means[lo] - means[hi])
+    rho, p = float("nan"), float("nan")
+    if values["beta"].nunique() > 1 and values["value"].nunique() > 1 and len(values) > 2:
+        from scipy.stats import spearmanr
+
+        res = spearmanr(values["beta"], values["value"], alternative="less")
+        rho, p = float(res.statistic), float(res.pvalue)
+    holds = None if not math.isfinite(pooled) or lo == hi else bool(means[hi] >= means[lo] - pooled)
+    return {"means": means.to_dict(), "n": n.to_dict(), "pooled_std": pooled, "drop": drop, "spearman_rho": rho,
+            "spearman_p_decrease": p, "beta_min": float(lo), "beta_max": float(hi), "holds": holds}
+
+
+def anchor_trend(dataset: str, loss: str) -> dict[str, Any] | None:
+    """:func:`trend`'s criterion applied to FACT's summary numbers (population std → sample variance ×5/4)."""
+    a = anchor_table(dataset)
+    a = a[a.loss_key == loss]
+    if a.empty:
+        return None
+    lo, hi = a.loc[a.beta.idxmin()], a.loc[a.beta.idxmax()]
+    var = (a["std"] ** 2 * a["n"] / (a["n"] - 1))
+    pooled = float(np.sqrt(((a["n"] - 1) * var).sum() / (a["n"] - 1).sum()))
+    return {"mean_lo": float(lo["mean"]), "mean_hi": float(hi["mean"]), "beta_min": float(lo["beta"]),
+            "beta_max": float(hi["beta"]), "pooled_std": pooled, "holds": bool(hi["mean"] >= lo["mean"] - pooled)}
+
+
+CRITERION = ("mean Pearson correlation at the largest β ≥ mean at the smallest β − the pooled within-β standard "
+             "deviation over runs (no decrease beyond run-to-run noise); Spearman ρ(β, Pearson) over all runs "
+             "with its one-sided p-value for a decrease is reported alongside")
+
+
+def verdicts(exp: Experiment, df: pd.DataFrame) -> list[Verdict]:
+    """Per loss: does the Pearson correlation between unit saliency maps not decrease as β increases?"""
+    d = VAE_SETTINGS[exp.dataset].latent_dim
+    out = []
+    for loss in [l for l in LOSSES if l in set(df["loss_key"])]:
+        sub = df[df.loss_key == loss]
+        t = trend(sub.rename(columns={"pearson": "value"})[["beta", "value"]])
+        s = summarise(sub).set_index("beta")
+        per_beta = ", ".join(f"β={b:g}: {s.loc[b, 'mean']:.3f} ± {s.loc[b, 'std']:.3f}" for b in s.index)
+        rho = (f"; Spearman ρ = {t['spearman_rho']:.2f} (one-sided p for a decrease {t['spearman_p_decrease']:.2f})"
+               if math.isfinite(t["spearman_rho"]) else "")
+        lo_n, hi_n = int(sub.groupby("beta").size().min()), int(sub.groupby("beta").size().max())
+        runs = f"{lo_n}" if lo_n == hi_n else f"{lo_n}–{hi_n}"
+        ours = (f"{per_beta} (mean ± std over {runs} runs, {int(sub['n_explained'].iloc[0]):,} test images); "
+                f"drop β={t['beta_min']:g}→{t['beta_max']:g}: {t['drop']:+.3f} vs pooled std {t['pooled_std']:.3f}"
+                + rho)
+        a = anchor_trend(exp.dataset, loss)
+        if a is None:
+            anchor = f"{NO_ANCHOR.get(exp.dataset, 'no published number')}; paper: does not decrease with β"
+        else:
+            anchor = (f"β={a['beta_min']:g}: {a['mean_lo']:.3f} → β={a['beta_max']:g}: {a['mean_hi']:.3f} "
+                      f"(pooled std {a['pooled_std']:.3f}; {'holds' if a['holds'] else 'does not hold'} under the "
+                      "same criterion); paper: does not decrease with β")
+        out.append(Verdict("3 disentanglement", exp.dataset, f"{LOSS_LABELS[loss]} (d={d})",
+                           "Pearson correlation between latent units' saliency maps vs β", ours, anchor,
+                           FACT_SOURCE.format(ds=exp.dataset), CRITERION, verdict_word(t["holds"])))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _metrics_present(df: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    return [m for m in metrics if m in df and df[m].notna().any()]
+
+
+def box_figure(df: pd.DataFrame, metrics: Sequence[str] = METRICS, *, title: str | None = None):
+    """Box plots of each metric against β, one box per loss at each β, the runs drawn as dots (FACT/ORIG
+    ``metric_box_plots.pdf``). Returns the matplotlib figure; metrics that are all NaN are left out."""
+    import matplotlib.pyplot as plt
+
+    metrics = _metrics_present(df, metrics)
+    losses = [l for l in LOSSES if l in set(df["loss_key"])]
+    betas = sorted(df["beta"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.4), squeeze=False)
+    width = 0.8 / max(len(losses), 1)
+    for ax, m in zip(axes[0], metrics):
+        for i, loss in enumerate(losses):
+            color = PALETTE[i % len(PALETTE)]
+            pos = [k + (i - (len(losses) - 1) / 2) * width for k in range(len(betas))]
+            data = [df[(df.loss_key == loss) & (df.beta == b)][m].dropna().to_numpy() for b in betas]
+            keep = [(p, v) for p, v in zip(pos, data) if len(v)]
+            if not keep:
+                continue
+            bp = ax.boxplot([v for _, v in keep], positions=[p for p, _ in keep], widths=width * 0.85,
+                            patch_artist=True, showfliers=False, manage_ticks=False)
+            for patch in bp["boxes"]:
+                patch.set(facecolor=color, alpha=0.35, edgecolor=color)
+            for line in bp["medians"]:
+                line.set(color=color, linewidth=2)
+            for p, v in keep:
+                ax.scatter(np.full(len(v), p), v, color=color, s=12, zorder=3,
+                           label=LOSS_LABELS[loss] if p == keep[0][0] else None)
+        ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_xlabel("β")
+        ax.set_title(METRIC_LABELS[m], fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def box_figure_plotly(df: pd.DataFrame, metrics: Sequence[str] = METRICS, *, title: str | None = None):
+    """Interactive twin of :func:`box_figure` (hover shows each run)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = _metrics_present(df, metrics)
+    losses = [l for l in LOSSES if l in set(df["loss_key"])]
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRIC_LABELS[m] for m in metrics])
+    for c, m in enumerate(metrics, start=1):
+        for i, loss in enumerate(losses):
+            sub = df[df.loss_key == loss]
+            fig.add_trace(go.Box(x=[f"β={b:g}" for b in sub["beta"]], y=sub[m], name=LOSS_LABELS[loss],
+                                 legendgroup=loss, showlegend=c == 1, marker_color=PALETTE[i % len(PALETTE)],
+                                 boxpoints="all", jitter=0.3, pointpos=0, offsetgroup=loss,
+                                 customdata=np.stack([sub["run"], sub["seed"]], axis=-1),
+                                 hovertemplate=f"{LOSS_LABELS[loss]} %{{x}}<br>run %{{customdata[0]}} "
+                                               f"(seed %{{customdata[1]}})<br>{m} = %{{y:.4f}}<extra></extra>"),
+                          row=1, col=c)
+    fig.update_layout(boxmode="group", title=title, template="plotly_white", height=420,
+                      width=max(600, 300 * len(metrics)), margin=dict(l=50, r=20, t=70, b=40))
+    return fig
+
+
+def saliency_figure(x: torch.Tensor, maps: Mapping[float, torch.Tensor], *, title: str | None = None,
+                    size: float = 1.1):
+    """Per-unit saliency maps of a few test images: one row per (β, image), the image then one map per unit.
+
+    ``maps[β]`` is ``(n, d, H, W)``. Each row shares one colour scale (the row's largest value), so the units of one
+    image can be compared.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..plotting import to_display_image
+
+    betas = list(maps)
+    n, d = next(iter(maps.values())).shape[:2]
+    fig, axes = plt.subplots(len(betas) * n, d + 1, figsize=(size * (d + 1), size * len(betas) * n), squeeze=False)
+    for bi, b in enumerate(betas):
+        S = maps[b].detach().cpu().numpy()
+        for i in range(n):
+            r = bi * n + i
+            img = to_display_image(x[i].detach().cpu().numpy())
+            axes[r, 0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            axes[r, 0].set_ylabel(f"β={b:g}", fontsize=8)
+            vmax = max(float(S[i].max()), 1e-12)
+            for j in range(d):
+                axes[r, j + 1].imshow(S[i, j], cmap="magma", vmin=0, vmax=vmax)
+                if r == 0:
+                    axes[r, j + 1].set_title(f"unit {j + 1}", fontsize=8)
+            if r == 0:
+                axes[r, 0].set_title("image", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_maps(exp: Experiment, vaes: Mapping[GridPoint, tuple[torch.nn.Module, dict]], x: torch.Tensor, loss: str,
+              run: int = 0) -> dict[float, torch.Tensor]:
+    """Per-unit saliency of the images ``x`` for run ``run`` of ``loss`` at every β (for :func:`saliency_figure`)."""
+    out = {}
+    for p, (model, _) in vaes.items():
+        if p.loss == loss and p.run == run:
+            out[p.beta] = unit_saliency(exp, model.encoder, x, model_seed(exp.seed, p.loss, p.beta, p.run))
+    return dict(sorted(out.items()))
+
+
+def warn_if_partial(df: pd.DataFrame) -> None:
+    """Warn when some grid cell has fewer than two runs (no spread, so the verdict is inconclusive)."""
+    counts = df.groupby(["loss_key", "beta"]).size()
+    if (counts < 2).any():
+        warnings.warn("some (loss, β) cells have a single run: there is no run-to-run spread and the verdict is "
+                      "inconclusive; use n_runs ≥ 2", UserWarning, stacklevel=2)

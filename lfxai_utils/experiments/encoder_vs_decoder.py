@@ -1,0 +1,348 @@
+"""Extension — encoder vs full model (FACT's encoder-vs-full-model correlation, experiments.md §7b).
+
+Label-free feature importance explains a *representation*.  How much does the answer depend on where the
+representation is read?  For each model of the pretext page (Claim 2) we compare, image by image, the label-free
+attribution of
+
+* **supervised side** (as FACT): the classifier's encoder (its d-dimensional latent) vs the whole classifier (its
+  logits, auxiliary function ⟨logits(x), logits(x̃)⟩);
+* **unsupervised side** (what FACT did not do): an autoencoder's encoder (its latent) vs the whole autoencoder (its
+  reconstruction as the representation), i.e. what the decoder adds.
+
+For Integrated Gradients, GradientSHAP and Saliency (zero baseline), the maps are made absolute and divided by
+their global std (cosmetic: Pearson correlation ignores a global scale); the per-image Pearson correlation is taken
+over the non-black pixels (x ≠ 0, "trivially the same" elsewhere) and averaged over images: one number per run;
+the bar chart shows the mean ± 1.96·SEM over runs (sample std, as FACT).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..features import attribute_dataset
+from ..metrics import pixel_pearson
+from ..plotting import PALETTE
+from ..report import Verdict, verdict_word
+from . import pretext as P
+from .common import Experiment, check_choice
+
+NOTEBOOK = "encoder_vs_decoder"
+DATASETS = P.DATASETS
+MODELS = (None,)
+METHODS = ("integrated_gradients", "gradient_shap", "saliency")
+METHOD_LABELS = {"integrated_gradients": "IG", "gradient_shap": "GradientSHAP", "saliency": "Saliency",
+                 "gradient_shap_as_published": "GradientSHAP (authors' pairing)"}
+AE_TASKS = ("reconstruction", "denoising", "inpainting")
+#: FACT notebook cell 13 (experiments.md §7b): per-run values, runs 0–4, MNIST classifiers, 10,000 test images.
+#: Its GradientSHAP went through lfxai's mis-paired wrapper (experiments.md §0.1).
+FACT_RUNS = {"integrated_gradients": (0.391, 0.474, 0.459, 0.425, 0.420),
+             "saliency": (0.215, 0.135, 0.162, 0.163, 0.207),
+             "gradient_shap": (0.350, 0.326, 0.328, 0.361, 0.323)}
+FACT = {"integrated_gradients": (0.434, 0.029), "gradient_shap": (0.337, 0.015), "saliency": (0.176, 0.029)}
+FACT_SOURCE = ("FACT (jwagenbach/FACT) extensions/encoder_decoder_correlations notebook cell 13, report Fig. 5: "
+               "5 MNIST classifiers (60k training images), 10,000 test images, mean ± 1.96·SEM")
+#: How far our mean may lie outside FACT's 95 % interval and still count as reproducing it: our classifiers are
+#: trained on 10k (not 60k) MNIST images, so we allow 0.10 (about three of FACT's run-to-run standard deviations).
+TOLERANCE = 0.10
+#: "Agree only moderately" (FACT's reading), applied to the autoencoders: the upper end of the 95 % interval of
+#: the mean per-image correlation stays below this.
+PARTIAL = 0.7
+FACT_READING = ("FACT's reading for classifiers (presentation notebook): encoder and full-model importance "
+                "'agree only moderately'; no published number for autoencoders (FACT compared classifiers only)")
+
+
+def validate(n_runs: int, n_explain: int | None, ae_tasks: Sequence[str] | str) -> list[str]:
+    """Check the notebook parameters; returns ``ae_tasks`` as a list (a comma-separated string is accepted, as
+    ``papermill -p ae_tasks denoising,inpainting`` passes one)."""
+    if not isinstance(n_runs, (int, np.integer)) or n_runs < 1:
+        raise ValueError(f"n_runs must be a positive integer (FACT: 5); got {n_runs!r}")
+    if n_explain is not None and (not isinstance(n_explain, (int, np.integer)) or n_explain < 1):
+        raise ValueError(f"n_explain must be None (the whole test set) or a positive integer; got {n_explain!r}")
+    if isinstance(ae_tasks, str):
+        ae_tasks = [t.strip() for t in ae_tasks.split(",") if t.strip()]
+    ae_tasks = list(ae_tasks)
+    for t in ae_tasks:
+        check_choice("ae_tasks entry", t, AE_TASKS)
+    if len(set(ae_tasks)) != len(ae_tasks):
+        raise ValueError(f"ae_tasks has duplicates: {ae_tasks}")
+    return ae_tasks
+
+
+def data_requirements(dataset: str, model: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    return P.data_requirements(dataset, model)
+
+
+def tasks(ae_tasks: Sequence[str] = ("denoising",)) -> list[str]:
+    return ["classifier", *ae_tasks]
+
+
+def required_checkpoints(dataset: str, model: str | None = None, n_runs: int = 5,
+                         ae_tasks: Sequence[str] = ("denoising",)) -> list[str]:
+    """The pretext page's classifiers and (by default) denoising autoencoders, runs 0..n_runs-1."""
+    return P.required_checkpoints(dataset, None, n_runs, tasks(ae_tasks))
+
+
+# ------------------------------------------------------------------------------------------ metric
+def normalise(attr: Tensor) -> Tensor:
+    """``|attr| / std(|attr|)`` over the whole array (FACT; cosmetic for a correlation)."""
+    a = torch.as_tensor(attr).abs().double()
+    return a / a.std().clamp_min(1e-300)
+
+
+def per_image_correlation(enc_attr: Tensor, full_attr: Tensor, x: Tensor) -> Tensor:
+    """Per-image Pearson correlation of the normalised maps over the entries where ``x ≠ 0``: ``(N,)`` float64."""
+    return pixel_pearson(normalise(enc_attr), normalise(full_attr), mask=torch.as_tensor(x) != 0)
+
+
+def attribution(exp: Experiment, black_box: nn.Module, x: Tensor, baseline, method: str, *, run: int,
+                pairing: str = "correct", batch_size: int = 128) -> Tensor:
+    gen = torch.Generator().manual_seed(exp.seed + run)
+    return attribute_dataset(black_box, x, method, baseline, batch_size=batch_size, device=exp.device,
+                             progress=exp.progress, generator=gen, pairing=pairing, **P.method_kwargs(method))
+
+
+def variants(show_as_published: bool = True) -> list[tuple[str, str, str]]:
+    """(label key, captum method, pairing) of the compared attributions."""
+    out = [(m, m, "correct") for m in METHODS]
+    if show_as_published:
+        out.append(("gradient_shap_as_published", "gradient_shap", "as_published"))
+    return out
+
+
+def compare_model(exp: Experiment, model: nn.Module, x: Tensor, baseline, *, run: int, batch_size: int = 128,
+                  show_as_published: bool = True) -> dict[str, Tensor]:
+    """``{variant: per-image r (N,)}``: label-free attribution of ``model.encoder`` vs of ``model`` itself."""
+    out = {}
+    for key, method, pairing in variants(show_as_published):
+        enc = attribution(exp, model.encoder, x, baseline, method, run=run, pairing=pairing, batch_size=batch_size)
+        full = attribution(exp, model, x, baseline, method, run=run, pairing=pairing, batch_size=batch_size)
+        out[key] = per_image_correlation(enc, full, x)
+    return out
+
+
+def side_of(task: str) -> str:
+    return "supervised" if task == "classifier" else "unsupervised"
+
+
+def model_label(task: str) -> str:
+    return "classifier" if task == "classifier" else f"{task} AE"
+
+
+def run_all(exp: Experiment, models: Mapping[tuple[int, str], tuple[nn.Module, dict]], n_runs: int, x: Tensor,
+            baseline, *, ae_tasks: Sequence[str] = ("denoising",), batch_size: int = 128,
+            show_as_published: bool = True, kappa_images: int = 256) -> pd.DataFrame:
+    """One row per (run, model, method): mean per-image r, its image count, and the head's conditioning
+    (median κ over the first ``kappa_images`` explained images, see :func:`decoder_condition`)."""
+    rows = []
+    jobs = [(r, t) for r in range(n_runs) for t in tasks(ae_tasks)]
+    for r, t in tqdm(jobs, desc="models", disable=not exp.progress):
+        model = models[(r, t)][0]
+        res = compare_model(exp, model, x, baseline, run=r, batch_size=batch_size,
+                            show_as_published=show_as_published)
+        kappa = float(np.median(decoder_condition(_head(model), _latents(model, x[:kappa_images])).numpy()))
+        for key, corr in res.items():
+            ok = torch.isfinite(corr)
+            rows.append({"side": side_of(t), "model": model_label(t), "run": r, "method": METHOD_LABELS[key],
+                         "mean_r": float(corr[ok].mean()) if ok.any() else float("nan"), "n_images": int(ok.sum()),
+                         "head_condition_median": kappa})
+    return pd.DataFrame(rows)
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean over runs and 1.96·SEM (sample std, ddof = 1, as FACT) per (side, model, method)."""
+    g = df.groupby(["side", "model", "method"], sort=False)["mean_r"]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["ci95"] = 1.96 * out["std"].fillna(0.0) / np.sqrt(out["count"])
+    return out
+
+
+def fact_summary() -> pd.DataFrame:
+    """FACT's numbers as rows of :func:`summarise` (recomputed from its per-run values)."""
+    rows = []
+    for m, vals in FACT_RUNS.items():
+        v = np.asarray(vals)
+        label = METHOD_LABELS[m] + (" (authors' pairing)" if m == "gradient_shap" else "")
+        rows.append({"side": "supervised", "model": "FACT classifier", "method": label, "mean": v.mean(),
+                     "std": v.std(ddof=1), "count": len(v), "ci95": 1.96 * v.std(ddof=1) / np.sqrt(len(v))})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ the decoder's part
+def _head(model: nn.Module) -> nn.Module:
+    """What follows the encoder: the decoder of an autoencoder, the linear head of a classifier."""
+    for name in ("decoder", "lin_output"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return getattr(model, name)
+    raise ValueError(f"{type(model).__name__} has neither a .decoder nor a .lin_output head")
+
+
+@torch.no_grad()
+def _latents(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    enc = model.encoder
+    dev = next(enc.parameters()).device
+    return torch.cat([enc(x[s:s + batch_size].to(dev)).flatten(1).cpu() for s in range(0, len(x), batch_size)])
+
+
+def decoder_condition(head: nn.Module, z: Tensor, chunk: int = 512) -> Tensor:
+    """Condition number σ_max / σ_min of the head's Jacobian ∂head(z)/∂z at each latent ``z`` ``(N, d)``.
+
+    κ = 1 for a (scaled) isometry.  A bias-free linear isometric head multiplies ⟨·,·⟩ by a constant, so the
+    full model's label-free attributions would equal the encoder's up to scale (the paper's invariance property);
+    the larger κ, the more the head re-weights latent directions.  The head must treat examples independently
+    (eval mode): column j of every example's Jacobian is one forward-mode pass of the batch with tangent e_j.
+    """
+    dev = next(head.parameters()).device
+    was = head.training
+    head.eval()
+    try:
+        out = []
+        for s in range(0, len(z), chunk):
+            zb = z[s:s + chunk].to(dev)
+            eye = torch.eye(zb.shape[1], dtype=zb.dtype, device=dev)
+            cols = [torch.func.jvp(head, (zb,), (eye[j].expand_as(zb),))[1].flatten(1) for j in range(zb.shape[1])]
+            J = torch.stack(cols, dim=-1).detach()           # (B, outputs, d)
+            sv = torch.linalg.svdvals(J.double())
+            out.append((sv[:, 0] / sv[:, -1].clamp_min(1e-300)).cpu())
+        return torch.cat(out)
+    finally:
+        head.train(was)
+
+
+# ------------------------------------------------------------------------------------------ verdicts and figures
+def verdicts(exp: Experiment, summary: pd.DataFrame, n_images: int) -> list[Verdict]:
+    """Supervised side: our classifier mean within FACT's 95 % interval widened by :data:`TOLERANCE` (GradientSHAP
+    compared with the authors' pairing, as FACT computed it).  Unsupervised side: agreement at most partial."""
+    out = []
+    sup = summary[summary.side == "supervised"].set_index("method")
+    n_runs = int(sup["count"].max()) if len(sup) else 0
+    for m in METHODS:
+        key = "gradient_shap_as_published" if m == "gradient_shap" else m
+        label = METHOD_LABELS[key]
+        if label not in sup.index:
+            continue
+        row = sup.loc[label]
+        f_mean, f_ci = FACT[m]
+        ours = f"{row['mean']:.3f} ± {row['ci95']:.3f} (mean ± 1.96·SEM over {n_runs} runs, {n_images:,} test images)"
+        if m == "gradient_shap" and METHOD_LABELS[m] in sup.index:
+            c = sup.loc[METHOD_LABELS[m]]
+            ours += f"; with the corrected pairing {c['mean']:.3f} ± {c['ci95']:.3f}"
+        holds = abs(row["mean"] - f_mean) <= f_ci + TOLERANCE
+        criterion = f"|ours − FACT| ≤ FACT's 1.96·SEM + {TOLERANCE} (FACT trained on 60k images, we on 10k)"
+        if exp.dataset != "mnist":
+            holds, criterion = None, criterion + "; FACT's numbers are MNIST numbers: no anchor for this dataset"
+        out.append(Verdict("FACT ext. encoder vs full model", exp.dataset, "classifier (pretext page)",
+                           f"per-image Pearson, encoder vs logits, {label}", ours, f"{f_mean:.3f} ± {f_ci:.3f}",
+                           FACT_SOURCE, criterion, verdict_word(None if holds is None else bool(holds))))
+    uns = summary[summary.side == "unsupervised"]
+    for (model, method), row in uns.set_index(["model", "method"]).iterrows():
+        if method == METHOD_LABELS["gradient_shap_as_published"]:
+            continue
+        ours = (f"{row['mean']:.3f} ± {row['ci95']:.3f} (mean ± 1.96·SEM over {int(row['count'])} runs, "
+                f"{n_images:,} test images)")
+        holds = row["mean"] + row["ci95"] < PARTIAL
+        out.append(Verdict("FACT ext. encoder vs full model", exp.dataset, model,
+                           f"per-image Pearson, encoder vs reconstruction, {method}", ours, "agree only moderately",
+                           FACT_READING, f"partial agreement: mean + 1.96·SEM < {PARTIAL}", verdict_word(bool(holds))))
+    return out
+
+
+def bar_table(summary: pd.DataFrame, with_fact: bool = True) -> pd.DataFrame:
+    """Rows for the bar chart: one bar per (series, method)."""
+    parts = [summary.assign(series=summary["model"])]
+    if with_fact:
+        f = fact_summary()
+        parts.append(f.assign(series=f["model"]))
+    out = pd.concat(parts, ignore_index=True)
+    out["method_group"] = out["method"].str.replace(" (authors' pairing)", "", regex=False)
+    out["pairing"] = np.where(out["method"].str.contains("authors' pairing", regex=False), "authors' pairing",
+                              "corrected")
+    return out
+
+
+def _bar_positions(tab: pd.DataFrame):
+    groups = list(dict.fromkeys(tab["method_group"]))
+    series = list(dict.fromkeys(tab["series"] + " · " + tab["pairing"]))
+    width = 0.8 / max(len(series), 1)
+    return groups, series, width
+
+
+def bar_figure(tab: pd.DataFrame, title: str = ""):
+    """Matplotlib bar chart: mean ± 1.96·SEM per method (groups) and series (ours per model, FACT)."""
+    groups, series, width = _bar_positions(tab)
+    fig, ax = plt.subplots(figsize=(min(11, max(6, 0.45 * len(groups) * len(series))), 4))
+    for k, s in enumerate(series):
+        sub = tab[(tab["series"] + " · " + tab["pairing"]) == s].set_index("method_group")
+        xs = [groups.index(g) + (k - (len(series) - 1) / 2) * width for g in sub.index]
+        ax.bar(xs, sub["mean"], width, yerr=sub["ci95"], capsize=3, color=PALETTE[k % len(PALETTE)],
+               hatch="//" if "authors'" in s else None, label=s.replace(" · corrected", ""), edgecolor="white")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("Pearson correlation (encoder vs full model)")
+    ax.set_ylim(min(0, float((tab["mean"] - tab["ci95"]).min()) - 0.05), 1)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plotly_bars(tab: pd.DataFrame, title: str = ""):
+    import plotly.graph_objects as go
+
+    groups, series, _ = _bar_positions(tab)
+    fig = go.Figure()
+    for k, s in enumerate(series):
+        sub = tab[(tab["series"] + " · " + tab["pairing"]) == s]
+        fig.add_trace(go.Bar(x=list(sub["method_group"]), y=list(sub["mean"]), name=s.replace(" · corrected", ""),
+                             marker_color=PALETTE[k % len(PALETTE)],
+                             marker_pattern_shape="/" if "authors'" in s else "",
+                             error_y=dict(type="data", array=list(sub["ci95"])),
+                             customdata=np.stack([sub["ci95"], sub["count"]], axis=-1),
+                             hovertemplate="%{x}: %{y:.3f} ± %{customdata[0]:.3f} (%{customdata[1]} runs)"
+                                           "<extra>" + s + "</extra>"))
+    fig.update_layout(barmode="group", title=title, yaxis_title="Pearson correlation (encoder vs full model)",
+                      template="plotly_white", height=420, xaxis=dict(categoryorder="array", categoryarray=groups))
+    return fig
+
+
+def maps_figure(exp: Experiment, models: Mapping[tuple[int, str], tuple[nn.Module, dict]], x: Tensor, baseline,
+                positions: Sequence[int], *, ae_tasks: Sequence[str] = ("denoising",), method: str = "integrated_gradients",
+                batch_size: int = 128):
+    """Run 0: for a few test images, the encoder map and the full-model map of each model (normalised |attr|)."""
+    from ..plotting import to_display_image
+
+    ts = tasks(ae_tasks)
+    xs = x[list(positions)]
+    cols = 1 + 2 * len(ts)
+    fig, axes = plt.subplots(len(positions), cols, figsize=(1.3 * cols, 1.35 * len(positions)), squeeze=False)
+    maps = {}
+    for t in ts:
+        model = models[(0, t)][0]
+        maps[(t, "encoder")] = attribution(exp, model.encoder, xs, baseline, method, run=0, batch_size=batch_size)
+        maps[(t, "full")] = attribution(exp, model, xs, baseline, method, run=0, batch_size=batch_size)
+    r_all = {t: per_image_correlation(maps[(t, "encoder")], maps[(t, "full")], xs) for t in ts}
+    for i in range(len(positions)):
+        img = to_display_image(xs[i].numpy())
+        axes[i, 0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        axes[i, 0].set_title("input" if i == 0 else "", fontsize=7)
+        for k, t in enumerate(ts):
+            for j, part in enumerate(("encoder", "full")):
+                a = maps[(t, part)][i].abs().sum(0).numpy()
+                ax = axes[i, 1 + 2 * k + j]
+                ax.imshow(a / max(float(a.max()), 1e-12), cmap="magma")
+                name = "full " + ("classifier" if t == "classifier" else "AE") if part == "full" else "encoder"
+                ax.set_title((f"{model_label(t)}\n{name}" if i == 0 else "") +
+                             (f"\nr = {float(r_all[t][i]):.2f}" if part == "full" else ""), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{METHOD_LABELS[method]}: encoder vs full-model label-free importance (run 0)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,241 @@
+"""ROAR (Appendix C, experiments.md §4): per-image masks in dataset order, masking, the explained encoder, the
+shared initial weights, checkpoints and the verdict logic."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from lfxai_utils._utils import seed_everything
+from lfxai_utils.checkpoints import CheckpointMismatchError
+from lfxai_utils.experiments import common, module_for, roar as R
+from lfxai_utils.fixtures import write_fixture
+from lfxai_utils.models import build_model
+from lfxai_utils.training import evaluate_loss
+
+
+# ------------------------------------------------------------------------------------------ parameters and names
+def test_validate_parameters():
+    assert R.validate() == (R.METHODS, R.PERCENTS)
+    assert R.validate("random, gradient_shap", "70,10,10") == (("random", "gradient_shap"), (10, 70))
+    assert R.validate(["random"], [50.0]) == (("random",), (50,))
+    with pytest.raises(ValueError, match=r"unknown method 'saliency'; valid values: 'gradient_shap'"):
+        R.validate(["saliency"], [10])
+    with pytest.raises(ValueError, match="twice"):
+        R.validate(["random", "random"], [10])
+    for bad in ([0], [101], [12.5], ["ten"]):
+        with pytest.raises(ValueError, match="1..100"):
+            R.validate(["random"], bad)
+
+
+def test_k_and_checkpoint_names():
+    assert [R.n_removed(p, 784) for p in R.PERCENTS] == [78, 156, 392, 548, 784]      # experiments.md §4
+    assert [R.n_removed(p, 1024) for p in R.PERCENTS] == [102, 204, 512, 716, 1024]
+    assert R.checkpoint("mnist") == "claim1-roar_mnist_reconstruction-ae"
+    assert R.checkpoint("mnist", "gradient_shap", 20) == "claim1-roar_mnist_reconstruction-ae_gradient-shap-20"
+    assert R.checkpoint("cifar10", "integrated_gradients", 100) == \
+        "claim1-roar_cifar10_reconstruction-ae_integrated-gradients-100"
+    names = R.required_checkpoints("mnist")
+    assert len(names) == len(set(names)) == 16 and module_for("claim1_roar") is R
+    assert R.data_requirements("cifar100") == [("cifar100", {})]
+
+
+def test_model_spec_is_the_reconstruction_ae_for_10_epochs():
+    for ds, arch in (("mnist", "mnist_ae"), ("cifar10", "cifar_ae"), ("cifar100", "cifar_ae")):
+        spec = R.model_spec(ds)
+        assert spec.arch == arch and spec.arch_kwargs["pretext"] == "reconstruction"
+        assert spec.n_epochs == 10 and spec.batch_size == 300
+        assert spec.arch_kwargs["latent_dim"] == common.AE_SPECS[ds].arch_kwargs["latent_dim"]
+    assert common.AE_SPECS["mnist"].arch_kwargs["pretext"] == "denoising"          # the shared spec is untouched
+
+
+def test_same_seed_builds_identical_weights():
+    def build(seed):
+        seed_everything(seed)
+        return build_model("mnist_ae", **R.model_spec("mnist").arch_kwargs).state_dict()
+
+    a, b, c = build(1), build(1), build(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ masks
+class _Linear(nn.Module):
+    """f(x) = W vec(x): label-free IG / GradientSHAP (zero baseline, stdevs 0) is exactly x ⊙ WᵀW x."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T
+
+
+def _exp(seed=0):
+    return SimpleNamespace(seed=seed, device=torch.device("cpu"), progress=False)
+
+
+def test_masks_are_per_image_in_dataset_order():
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w = 11, 2, 3, 4
+    x = torch.rand(n, c, h, w, generator=g, dtype=torch.float64)
+    W = torch.randn(5, c * h * w, generator=g, dtype=torch.float64)
+    enc = _Linear(W)
+    scores = R.train_attributions(_exp(), enc, x, ["integrated_gradients", "gradient_shap", "random"],
+                                  torch.zeros(1, c, h, w, dtype=torch.float64), batch_size=3)   # 4 batches
+    exact = (x.flatten(1) * (x.flatten(1) @ W.T @ W)).reshape(n, c, h * w).abs().sum(1)     # Σ_channels |x ⊙ WᵀWx|
+    for m in ("integrated_gradients", "gradient_shap"):
+        torch.testing.assert_close(scores[m], exact)
+        for p in (10, 25, 50, 100):
+            k = R.n_removed(p, h * w)
+            mask = R.removal_mask(scores[m], p)
+            for i in range(n):                                   # brute force, image by image
+                top = set(sorted(range(h * w), key=lambda j: -exact[i, j].item())[:k])
+                assert set(torch.nonzero(mask[i]).flatten().tolist()) == top
+    # images are different, so a mask that belonged to another image would fail above; check that they differ
+    m50 = R.removal_mask(exact, 50)
+    assert len({tuple(r.tolist()) for r in m50}) > 1
+    # random scores: seeded, independent of the batch size, different for another seed
+    again = R.train_attributions(_exp(), enc, x, ["random"], None, batch_size=5)["random"]
+    torch.testing.assert_close(again, scores["random"])
+    torch.testing.assert_close(again, torch.randn(x.shape, generator=torch.Generator().manual_seed(0),
+                                                  dtype=x.dtype).abs().sum(1).flatten(1))
+    assert not torch.equal(R.train_attributions(_exp(1), enc, x, ["random"], None)["random"], again)
+
+
+def test_masked_images_are_x_times_one_minus_mask():
+    x = torch.arange(1, 2 * 2 * 3 + 1, dtype=torch.float32).reshape(1, 2, 2, 3)        # 2 channels, 2×3 pixels
+    mask = torch.tensor([[True, False, False, False, False, True]])
+    expected = torch.tensor([[[[0, 2, 3], [4, 5, 0]], [[0, 8, 9], [10, 11, 0]]]], dtype=torch.float32)
+    assert torch.equal(R.mask_images(x, mask), expected)
+    g = torch.Generator().manual_seed(3)
+    xs = torch.rand(7, 3, 5, 5, generator=g)
+    ms = torch.rand(7, 25, generator=g) > 0.5
+    assert torch.equal(R.mask_images(xs, ms), xs * (1 - ms.float()).reshape(7, 1, 5, 5))
+    with pytest.raises(ValueError, match="expected"):
+        R.mask_images(xs, ms[:, :24])
+
+
+def test_nonzero_and_removal_stats():
+    x = torch.zeros(2, 3, 2, 2)
+    x[0, 1, 0, 0] = 1.0            # image 0: pixels 0 and 3 non-zero (in some channel)
+    x[0, 2, 1, 1] = 0.5
+    x[1, 0, 0, 1] = 0.2            # image 1: pixel 1 non-zero
+    assert R.nonzero_pixels(x).tolist() == [[True, False, False, True], [False, True, False, False]]
+    mask = torch.tensor([[True, True, False, False], [False, True, False, False]])
+    stats = R.removal_stats(x, mask)
+    assert stats["nonzero_removed"] == pytest.approx((1 / 2 + 1) / 2)
+    assert stats["black_images"] == pytest.approx(0.5)          # image 1 lost its only non-zero pixel
+    assert R.mask_digest(mask) == R.mask_digest(mask.clone()) != R.mask_digest(~mask)
+
+
+def test_example_grid_shows_each_images_own_mask():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(5, 1, 4, 4, generator=g)
+    scores = {"random": torch.rand(5, 16, generator=g), "gradient_shap": torch.rand(5, 16, generator=g)}
+    images, rows, cols = R.example_grid(x, scores, [25, 100], n=2)
+    assert images.shape == (4, 3, 4, 4) and cols == ["original", "25 % removed", "100 % removed"]
+    assert rows[2].startswith("GradientSHAP") and rows[2].endswith("image 0")
+    for r, (m, i) in enumerate([("random", 0), ("random", 1), ("gradient_shap", 0), ("gradient_shap", 1)]):
+        assert (images[r, 0] == x[i, 0].numpy()).all()
+        want = R.mask_images(x, R.removal_mask(scores[m], 25))[i, 0].numpy()
+        assert (images[r, 1] == want).all() and (images[r, 2] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+def _setup(tmp_path, **kw):
+    args = dict(dataset="mnist", output_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"),
+                data_dir=str(tmp_path / "data"), progress=False, datasets=R.DATASETS, models=R.MODELS)
+    args.update(kw)
+    return common.setup(R.NOTEBOOK, **args)
+
+
+def test_pipeline_explains_the_original_encoder_from_shared_initial_weights(tmp_path, monkeypatch):
+    write_fixture("mnist", tmp_path / "data", n_train=24, n_test=8)
+    exp = _setup(tmp_path, mode="train", n_epochs=1)
+    splits = exp.load_data()
+    fit_starts, explained = [], []
+    real_fit, real_attr = common.fit, R.attribute_dataset
+
+    def spy_fit(model, *a, **kw):
+        fit_starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_fit(model, *a, **kw)
+
+    def spy_attr(encoder, *a, **kw):
+        explained.append(encoder)
+        return real_attr(encoder, *a, **kw)
+
+    monkeypatch.setattr(common, "fit", spy_fit)
+    monkeypatch.setattr(R, "attribute_dataset", spy_attr)
+    base, base_man = R.get_base_model(exp, splits)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    x = R.train_images(splits)
+    scores = R.train_attributions(exp, base.encoder, x, R.METHODS, common.baseline_for("mnist", splits))
+    models = R.retrain(exp, splits, scores, [50, 100], base_man)
+    # ORIG bug 2: every attribution explains the base encoder, and retraining never touches the base model
+    assert len(explained) == 2 and all(e is base.encoder for e in explained)       # GradientSHAP, IG
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    # the same initial weights for the base model and all six retrained models
+    assert len(fit_starts) == 7
+    assert all(torch.equal(s[k], fit_starts[0][k]) for s in fit_starts[1:] for k in s)
+    # each model trained on its own masked images (recorded in the manifest); 100 % masks are identical
+    for (m, p), (_, man) in models.items():
+        assert man["settings"]["roar_base_sha256"] == base_man["file"]["sha256"] and man["settings"]["roar_k"] == \
+            R.n_removed(p, 784)
+        assert man["data"]["roar"]["mask_sha256"] == R.mask_digest(R.removal_mask(scores[m], p))
+    df = R.retrained_losses(exp, splits, base, models, scores)
+    assert list(df.columns[:4]) == ["method", "percent", "k", "test_loss"] and len(df) == 3 * 3
+    base_rows = df[df.percent == 0]
+    assert (base_rows.test_loss == evaluate_loss(base, splits.test)).all()
+    m20 = models[("random", 50)][0]
+    got = df[(df.method == "Random") & (df.percent == 50)].test_loss.item()
+    assert got == pytest.approx(evaluate_loss(m20, splits.test))
+    losses100 = df[df.percent == 100].test_loss
+    assert losses100.nunique() == 1                      # all-black training data, same init: the same model
+
+    # inference: everything loads, masks recomputed from the loaded base equal the training masks
+    inf = _setup(tmp_path, mode="inference")
+    base2, base_man2 = R.get_base_model(inf, splits)
+    scores2 = R.train_attributions(inf, base2.encoder, x, R.METHODS, common.baseline_for("mnist", splits))
+    models2 = R.retrain(inf, splits, scores2, [50, 100], base_man2)
+    assert inf.trained == [] and len(inf.loaded) == 7
+    assert R.mask_reproduction(scores2, models2).identical.all()
+    df2 = R.retrained_losses(inf, splits, base2, models2, scores2)
+    pd.testing.assert_frame_equal(df, df2)
+    # ROAR models trained on another base model's masks are refused
+    other = {**base_man2, "file": {**base_man2["file"], "sha256": "0" * 64}}
+    with pytest.raises(CheckpointMismatchError, match="roar_base_sha256"):
+        R.retrain(inf, splits, scores2, [50], other)
+
+
+# ------------------------------------------------------------------------------------------ verdict
+def _table(losses: dict[str, list[float]], percents=(0, 10, 20, 50, 70, 100)):
+    return pd.DataFrame([{"method": m, "percent": p, "k": R.n_removed(p, 784), "test_loss": v}
+                         for m, vals in losses.items() for p, v in zip(percents, vals)])
+
+
+def test_verdict_needs_a_higher_loss_than_random_at_every_level_below_100():
+    df = _table({"Random": [1.0, 1.1, 1.2, 1.5, 2.0, 5.0],
+                 "GradientSHAP": [1.0, 1.3, 1.6, 2.5, 3.0, 4.0],            # below Random at 100 %: ignored
+                 "Integrated Gradients": [1.0, 1.3, 1.6, 1.5, 3.0, 5.0]})   # ties Random at 50 %: not above
+    v = {x.quantity.split(", ")[1]: x for x in R.verdicts(df, "mnist", mean_nonzero=150.2, n_features=784)}
+    assert v["GradientSHAP"].verdict == "holds"
+    assert v["Integrated Gradients"].verdict == "does not hold"
+    assert "3/4 levels" in v["Integrated Gradients"].ours and "4/4 levels" in v["GradientSHAP"].ours
+    assert "at 20 % removed: 1.6 vs Random 1.2" in v["GradientSHAP"].ours
+    assert "150 of 784 pixels non-zero" in v["GradientSHAP"].ours and "(19 %)" in v["GradientSHAP"].ours
+    assert "App. C" in v["GradientSHAP"].anchor_source and "0 < p < 100" in v["GradientSHAP"].criterion
+    below = _table({"Random": [1.0, 2.0, 2.0, 2.0, 2.0, 2.0], "GradientSHAP": [1.0, 1.5, 2.5, 2.5, 2.5, 2.0]})
+    (only,) = R.verdicts(below, "cifar10")
+    assert only.verdict == "does not hold" and "3/4 levels" in only.ours
+
+
+def test_verdict_is_inconclusive_without_random_or_levels():
+    no_random = _table({"GradientSHAP": [1.0, 2.0, 2.0, 2.0, 2.0, 2.0]})
+    assert [v.verdict for v in R.verdicts(no_random, "mnist")] == ["inconclusive"]
+    only_100 = _table({"Random": [1.0, 2.0], "GradientSHAP": [1.0, 3.0]}, percents=(0, 100))
+    assert [v.verdict for v in R.verdicts(only_100, "mnist")] == ["inconclusive"]
+    assert R.verdicts(_table({"Random": [1.0] * 6}), "mnist") == []

@@ -72,19 +72,29 @@ write("notebooks/claim1_roar.ipynb", [
     """),
     code('''
     models = X.retrain(exp, splits, scores, percents, base_manifest)
-    display(report.manifest_table({X.checkpoint(dataset, m, p): man for (m, p), (_, man) in models.items()}))
-    same = X.mask_reproduction(scores, models)
-    print(f"masks recomputed from the base model equal the ones the models were trained on: "
+    display(report.manifest_table({X.checkpoint(dataset, m, p): r.manifest for (m, p), r in models.items()}))
+    same = X.mask_reproduction(models)
+    print(f"masks computed in this run from the base model are the ones the retrained models were trained on: "
           f"{int(same.identical.sum())} of {len(same)}")
-    df = X.retrained_losses(exp, splits, base, models, scores)
+    df = X.retrained_losses(exp, splits, base, models)
     exp.save_csv(df, "roar.csv")
     df.pivot(index="percent", columns="method", values="test_loss").round(5)
     '''),
-    md("## Figure"),
+    md("""
+    ## Figure
+
+    Left: the paper's plot, test MSE against the share of pixels removed. Right: the same models against the share
+    of each training image's *non-zero* pixels that were removed (removing a black pixel changes nothing, and the
+    attribution methods give black pixels zero importance with a black baseline, while random scores do not).
+    """),
     code('''
-    ax = plotting.line_ci(df, "percent", "test_loss", "method", xlabel="% of pixels removed from each training image",
-                          ylabel="test MSE (unmasked test set)", title=f"ROAR — {exp.label}")
-    exp.save_figure(ax.figure, "roar")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    plotting.line_ci(df, "percent", "test_loss", "method", ax=ax1, xlabel="% of pixels removed from each training image",
+                     ylabel="test MSE (unmasked test set)", title=f"ROAR — {exp.label}")
+    plotting.line_ci(df.assign(nonzero_pct=100 * df.nonzero_removed), "nonzero_pct", "test_loss", "method", ax=ax2,
+                     xlabel="mean % of an image's non-zero pixels removed", ylabel="test MSE (unmasked test set)",
+                     title="the same models, by non-zero pixels removed")
+    exp.save_figure(fig, "roar")
     plt.show()
     plotting.show_plotly(plotting.plotly_line_ci(df, "percent", "test_loss", "method",
                                                  xlabel="% of pixels removed from each training image",

@@ -74,9 +74,15 @@ print(f"{len(points)} VAEs: {len(set(p.loss for p in points))} losses × {len(se
     df = X.metrics_table(exp, vaes, x, batch_size=batch_size)
     X.warn_if_partial(df)
     exp.save_csv(df, "metrics.csv")   # written afresh on every run (the authors' file was appended to)
-    pd.concat({m: X.summarise(df, m).set_index(["loss", "beta"])[["mean", "std", "n"]] for m in X.METRICS
+    pd.concat({m: X.summarise(df, m).set_index(["loss", "beta"])[["mean", "std", "n"]] for m in X.FIGURE_METRICS
                if df[m].notna().any()}, axis=1).round(3)
     '''),
+    md("""
+    *Latent units in use* counts the units whose mean μ_j varies across the explained images (variance > 0.01,
+    Burda et al.'s active units); the others have collapsed onto the prior and encode nothing, which larger β
+    encourages. Their saliency maps are tiny, but the Pearson correlation ignores scale, so they still enter the
+    average — as in the authors' metric.
+    """),
     md("""
     Our Pearson correlations beside the FACT reproduction's (mean ± population std over runs; the FACT models were
     trained on the full training sets for up to 100 epochs).
@@ -101,7 +107,8 @@ print(f"{len(points)} VAEs: {len(set(p.loss for p in points))} losses × {len(se
     the smallest β minus the pooled within-β standard deviation over runs, i.e. it does not decrease beyond
     run-to-run noise (inconclusive with a single run per cell). Spearman's ρ between β and the correlation over all
     runs, with its one-sided p-value for a decrease, is reported beside it. The same criterion is applied to FACT's
-    numbers.
+    numbers. Read the verdict beside the count of latent units in use that it lists: when most units of a VAE have
+    collapsed, the correlation mostly compares a working unit with units that encode nothing.
     """),
     code('''
     verdicts = X.verdicts(exp, df)

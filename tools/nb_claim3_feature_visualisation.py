@@ -59,14 +59,21 @@ print(f"{len(vis_points)} β-VAEs × {len(draw_units)} units, {steps} Adam steps
     exp.save_figure(fig, "feature_visualisation")
     plt.show()
     '''),
-    md("## Metric: how strongly the pictures drive their units"),
+    md("""
+    ## Metric: how strongly the pictures drive their units
+
+    For each unit: μ_j of its picture through the trained (ReLU) encoder, beside μ_j over the test images. A unit
+    whose μ_j hardly varies over the test images (variance ≤ 0.01, `in_use` false) has collapsed onto the prior
+    (larger β encourages this): it encodes nothing, and its picture only nudges a near-constant output, so the
+    summary uses the units in use.
+    """),
     code('''
     table = X.activation_table(exp, vaes, results, test_x)
     similarity = X.unit_similarity(results)
     exp.save_csv(table, "activations.csv")
     exp.save_csv(similarity, "unit_similarity.csv")
     exp.save_csv(X.history_long(results), "optimisation_history.csv")
-    display(table[["beta", "unit", "mu_vis", "mu_vis_leaky", "test_max", "test_q99", "ratio_to_test_max",
+    display(table[["beta", "unit", "in_use", "mu_vis", "mu_vis_leaky", "test_max", "test_q99", "ratio_to_test_max",
                    "z_vs_test"]].round(3))
     similarity.round(3)
     '''),

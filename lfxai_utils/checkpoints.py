@@ -23,7 +23,7 @@ import sys
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -343,10 +343,31 @@ def load_or_train(directory: PathLike, name: str, build: Callable[[], nn.Module]
 
 
 # ------------------------------------------------------------------------------------------ listing
-def checkpoint_table(directory: PathLike = DEFAULT_DIR) -> str:
-    """Markdown table of the model checkpoints (not the TracIn ones) found in ``directory``."""
-    rows = ["| name | arch | arch_kwargs | data | n_train / n_val | epochs (best) | best val loss | TracIn | size | sha256 |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+def checkpoint_users() -> dict[str, list[str]]:
+    """Checkpoint name -> the book pages (``notebook (dataset)``) that load it in inference mode."""
+    from .experiments import BOOK_CHAPTERS, required_checkpoints
+
+    users: dict[str, list[str]] = {}
+    for chapter in BOOK_CHAPTERS:
+        for page in chapter.pages:
+            try:
+                names = required_checkpoints(page.notebook, page.dataset, page.model, page.params)
+            except ImportError:   # a chapter whose module does not exist yet
+                continue
+            for name in names:
+                users.setdefault(name, []).append(f"{page.notebook} ({page.key.split('__', 1)[1]})")
+    return users
+
+
+def checkpoint_table(directory: PathLike = DEFAULT_DIR, used_by: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Markdown table of the model checkpoints (not the TracIn ones) found in ``directory``.
+
+    ``used_by`` maps names to the pages that load them (default: :func:`checkpoint_users`).
+    """
+    used_by = checkpoint_users() if used_by is None else used_by
+    rows = ["| name | arch | arch_kwargs | data | n_train / n_val | epochs (best) | best val loss | TracIn | size | sha256 "
+            "| used by |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for js in sorted(Path(directory).glob("*.json")):
         try:
             m = json.loads(js.read_text())
@@ -361,7 +382,8 @@ def checkpoint_table(directory: PathLike = DEFAULT_DIR) -> str:
             f"| `{m['name']}` | {m['arch']} | {kw} | {m.get('data', {}).get('dataset') or m.get('data', {}).get('name', '')} "
             f"| {t.get('n_train', '')} / {t.get('n_val', '')} | {t.get('epochs_run', '')} ({t.get('best_epoch', '')}) "
             f"| {'' if loss is None else f'{loss:.5g}'} | {len(m.get('tracin_checkpoints', []))} "
-            f"| {m['file']['size'] / 1e6:.2f} MB | `{m['file']['sha256'][:12]}` |")
+            f"| {m['file']['size'] / 1e6:.2f} MB | `{m['file']['sha256'][:12]}` "
+            f"| {', '.join(used_by.get(m['name'], [])) or '—'} |")
     return "\n".join(rows) + "\n"
 
 

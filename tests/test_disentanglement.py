@@ -109,6 +109,17 @@ def test_unit_saliency_and_metrics_are_exact_on_a_linear_encoder():
     assert list(df["checkpoint"]) == ["a", "b"] and list(df["seed"]) == [11, 1 + 1000 + 500 + 100]
     assert list(df["loss"]) == ["β-VAE", "β-TCVAE"] and list(df["n_explained"]) == [5, 5]
     assert df["pearson"].tolist() == pytest.approx([m["pearson"]] * 2, abs=1e-5)
+    var = z.double().var(0)
+    assert df["active_latents"].tolist() == [int((var > 0.01).sum())] * 2
+    assert df["latent_variances"].iloc[0] == " ".join(f"{v:.3g}" for v in var.tolist())
+
+
+def test_latent_variance_and_units_in_use():
+    w = torch.tensor([[1.0, 0.0], [0.0, 0.1], [0.0, 0.0]])   # unit 1 varies, unit 2 barely, unit 3 is constant
+    x = torch.tensor([[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]).reshape(3, 1, 1, 2)
+    var = X.latent_variance(CPU, Linear(w), x, batch_size=2)
+    torch.testing.assert_close(var, torch.tensor([0.25, 0.0025, 0.0], dtype=torch.float64))
+    assert X.active_latents(var) == 1 and X.active_latents(var, threshold=0.001) == 2
 
 
 def test_spearman_is_skipped_above_the_size_limit(monkeypatch):
@@ -166,7 +177,8 @@ def _df(values: dict[tuple[str, float], list[float]]) -> pd.DataFrame:
         for r, v in enumerate(vs):
             rows.append({"loss": X.LOSS_LABELS[loss], "loss_key": loss, "beta": float(beta), "run": r,
                          "seed": X.model_seed(1, loss, beta, r), "n_explained": 100, "pearson": v,
-                         "spearman": np.nan, "cosine": v / 2, "entropy": 1 - v, "active_units": 1 + v})
+                         "spearman": np.nan, "cosine": v / 2, "entropy": 1 - v, "active_units": 1 + v,
+                         "active_latents": 3 if beta == 1 else 1})
     return pd.DataFrame(rows)
 
 
@@ -178,6 +190,7 @@ def test_verdicts_per_loss():
     assert v["β-VAE (d=3)"].verdict == "holds" and v["β-TCVAE (d=3)"].verdict == "does not hold"
     assert "β=1: 0.220 ± 0.020" in v["β-VAE (d=3)"].ours and "2 runs, 100 test images" in v["β-VAE (d=3)"].ours
     assert "0.241" in v["β-VAE (d=3)"].anchor and "FACT" in v["β-VAE (d=3)"].anchor_source
+    assert "latent units in use (of 3) per run: β=1: 3,3; β=5: 1,1; β=10: 1,1" in v["β-VAE (d=3)"].ours
     one = _df({("beta", 1): [0.2], ("beta", 10): [0.1]})
     assert [x.verdict for x in X.verdicts(exp, one)] == ["inconclusive"]
     with pytest.warns(UserWarning, match="single run"):
@@ -195,15 +208,15 @@ def test_box_figures_show_every_run():
               ("tc", 1): [0.40, 0.42, 0.5], ("tc", 10): [0.20, 0.22, 0.6]})
     fig = X.box_figure(df)
     axes = fig.axes
-    assert [a.get_title() for a in axes] == [X.METRIC_LABELS[m] for m in ("pearson", "cosine", "entropy",
-                                                                         "active_units")]   # all-NaN Spearman left out
+    assert [a.get_title() for a in axes] == [X.METRIC_LABELS[m] for m in (
+        "pearson", "cosine", "entropy", "active_units", "active_latents")]   # all-NaN Spearman left out
     for (loss, beta), sub in df.groupby(["loss_key", "beta"]):
         med = sub["pearson"].median()
         assert any(np.allclose(line.get_ydata(), [med, med]) for line in axes[0].lines), (loss, beta)
     dots = np.sort(np.concatenate([c.get_offsets()[:, 1] for c in axes[0].collections]))
     np.testing.assert_allclose(dots, np.sort(df["pearson"].to_numpy()))
     pf = X.box_figure_plotly(df)
-    assert len(pf.data) == 4 * 2
+    assert len(pf.data) == 5 * 2
     np.testing.assert_allclose(pf.data[0].y, df[df.loss_key == "beta"]["pearson"])
 
 

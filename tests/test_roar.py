@@ -31,6 +31,15 @@ def test_validate_parameters():
             R.validate(["random"], bad)
 
 
+def test_smoke_budget(tmp_path):
+    assert R.smoke_levels((10, 20, 50, 70, 100)) == (10, 100) and R.smoke_levels([30]) == (30,)
+    exp = _setup(tmp_path, smoke=True, dataset="cifar10")
+    splits = R.load_data(exp)
+    assert len(splits.train) == splits.info["n_train"] == R.SMOKE_TRAIN and len(splits.test) == 64
+    full = exp.load_data()
+    assert torch.equal(R.train_images(splits), full.train.tensors()[0][:R.SMOKE_TRAIN])      # the first images
+
+
 def test_k_and_checkpoint_names():
     assert [R.n_removed(p, 784) for p in R.PERCENTS] == [78, 156, 392, 548, 784]      # experiments.md §4
     assert [R.n_removed(p, 1024) for p in R.PERCENTS] == [102, 204, 512, 716, 1024]
@@ -182,17 +191,19 @@ def test_pipeline_explains_the_original_encoder_from_shared_initial_weights(tmp_
     assert len(fit_starts) == 7
     assert all(torch.equal(s[k], fit_starts[0][k]) for s in fit_starts[1:] for k in s)
     # each model trained on its own masked images (recorded in the manifest); 100 % masks are identical
-    for (m, p), (_, man) in models.items():
+    for (m, p), r in models.items():
+        man = r.manifest
+        assert r.k == R.n_removed(p, 784) and r.stats == R.removal_stats(x, R.removal_mask(scores[m], p))
         assert man["settings"]["roar_base_sha256"] == base_man["file"]["sha256"] and man["settings"]["roar_k"] == \
             R.n_removed(p, 784)
         assert man["data"]["roar"]["mask_sha256"] == R.mask_digest(R.removal_mask(scores[m], p))
-    df = R.retrained_losses(exp, splits, base, models, scores)
+    df = R.retrained_losses(exp, splits, base, models)
     assert list(df.columns[:4]) == ["method", "percent", "k", "test_loss"] and len(df) == 3 * 3
     base_rows = df[df.percent == 0]
     assert (base_rows.test_loss == evaluate_loss(base, splits.test)).all()
-    m20 = models[("random", 50)][0]
+    m50 = models[("random", 50)].model
     got = df[(df.method == "Random") & (df.percent == 50)].test_loss.item()
-    assert got == pytest.approx(evaluate_loss(m20, splits.test))
+    assert got == pytest.approx(evaluate_loss(m50, splits.test))
     losses100 = df[df.percent == 100].test_loss
     assert losses100.nunique() == 1                      # all-black training data, same init: the same model
 
@@ -202,9 +213,12 @@ def test_pipeline_explains_the_original_encoder_from_shared_initial_weights(tmp_
     scores2 = R.train_attributions(inf, base2.encoder, x, R.METHODS, common.baseline_for("mnist", splits))
     models2 = R.retrain(inf, splits, scores2, [50, 100], base_man2)
     assert inf.trained == [] and len(inf.loaded) == 7
-    assert R.mask_reproduction(scores2, models2).identical.all()
-    df2 = R.retrained_losses(inf, splits, base2, models2, scores2)
+    assert R.mask_reproduction(models2).identical.all()
+    df2 = R.retrained_losses(inf, splits, base2, models2)
     pd.testing.assert_frame_equal(df, df2)
+    other_random = dict(scores2, random=scores2["random"].flip(0))            # image i gets image N-1-i's scores
+    flags = R.mask_reproduction(R.retrain(inf, splits, other_random, [50], base_man2)).set_index("method").identical
+    assert flags.to_dict() == {"GradientSHAP": True, "Integrated Gradients": True, "Random": False}
     # ROAR models trained on another base model's masks are refused
     other = {**base_man2, "file": {**base_man2["file"], "sha256": "0" * 64}}
     with pytest.raises(CheckpointMismatchError, match="roar_base_sha256"):

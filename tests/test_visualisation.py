@@ -188,7 +188,7 @@ def test_validate_parameters():
 def test_activation_table_and_similarity_by_hand():
     w = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]])        # unit 1 reads pixel 0, unit 2 pixel 3
     enc = Linear(w)
-    test_x = torch.tensor([[0.5, 0, 0, 0.1], [0.2, 0, 0, 0.4], [0.3, 0, 0, 0.0]]).reshape(3, 1, 2, 2)
+    test_x = torch.tensor([[0.5, 0, 0, 0.1], [0.2, 0, 0, 0.12], [0.3, 0, 0, 0.11]]).reshape(3, 1, 2, 2)
     imgs = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 1.0]]).reshape(2, 1, 2, 2)
     res = VisualisationResult((0, 1), imgs, torch.tensor([[0.1, 0.2], [0.9, 1.8]]))
     exp = SimpleNamespace(device=torch.device("cpu"), dataset="mnist", smoke=False)
@@ -196,16 +196,18 @@ def test_activation_table_and_similarity_by_hand():
     t = V.activation_table(exp, vaes, {5.0: res}, test_x)
     assert t["unit"].tolist() == [1, 2] and t["mu_vis"].tolist() == [1.0, 2.0]
     assert t["mu_vis_leaky"].tolist() == pytest.approx([0.9, 1.8]) and t["start_leaky"].tolist() == pytest.approx([0.1, 0.2])
-    assert t["test_max"].tolist() == pytest.approx([0.5, 0.8]) and t["test_mean"].tolist() == pytest.approx([1 / 3, 1 / 3])
-    assert t["ratio_to_test_max"].tolist() == pytest.approx([2.0, 2.5])
+    assert t["test_max"].tolist() == pytest.approx([0.5, 0.24]) and t["test_mean"].tolist() == pytest.approx([1 / 3, 0.22])
+    assert t["ratio_to_test_max"].tolist() == pytest.approx([2.0, 2.0 / 0.24])
     assert t["z_vs_test"].iloc[0] == pytest.approx((1 - 1 / 3) / np.std([0.5, 0.2, 0.3], ddof=1))
+    # unit 1: Var = 0.0233 > 0.01, in use; unit 2: Var(0.2, 0.24, 0.22) = 0.0004, collapsed
+    assert t["in_use"].tolist() == [True, False]
     sim = V.unit_similarity({5.0: res})
     assert sim["mean_pairwise_pearson"].iloc[0] == pytest.approx(np.corrcoef([[1, 0, 0, 0], [0, 1, 0, 1]])[0, 1])
     assert np.isnan(V.unit_similarity({1.0: VisualisationResult((0,), imgs[:1], res.history[:, :1])})
                     ["mean_pairwise_pearson"].iloc[0])
     (v,) = V.verdicts(exp, t, sim)
-    assert v.verdict == "inconclusive" and "median 2.25 (range 2.00–2.50)" in v.ours and "2/2 pictures" in v.ours
-    assert "3 test images" in v.ours
+    assert v.verdict == "inconclusive" and "median 2.00 (range 2.00–2.00)" in v.ours and "1/1 such pictures" in v.ours
+    assert "3 test images" in v.ours and "collapsed units β=5: 1/2" in v.ours
 
 
 def test_visualise_uses_a_leaky_copy_and_the_same_start_for_every_beta():

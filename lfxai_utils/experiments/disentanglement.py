@@ -38,7 +38,12 @@ N_RUNS = 5
 METHOD = "gradient_shap"
 METRICS = ("pearson", "spearman", "cosine", "entropy", "active_units")
 METRIC_LABELS = {"pearson": "Pearson correlation", "spearman": "Spearman correlation", "cosine": "cosine similarity",
-                 "entropy": "entropy (nats)", "active_units": "active units per pixel"}
+                 "entropy": "entropy (nats)", "active_units": "active units per pixel",
+                 "active_latents": "latent units in use"}
+#: Also reported per model: how many latent units the VAE uses (posterior collapse diagnostic, Burda et al. 2016).
+FIGURE_METRICS = METRICS + ("active_latents",)
+#: A unit is in use when its mean μ_j varies across the explained images with variance above this.
+ACTIVE_VARIANCE = 0.01
 #: Spearman ranks the whole d × (N·H·W) array in float64; above this many entries it is skipped (NaN).
 SPEARMAN_MAX_ELEMENTS = 50_000_000
 
@@ -226,6 +231,25 @@ def model_metrics(S: torch.Tensor) -> dict[str, float]:
     return {k: out[k] for k in METRICS}
 
 
+@torch.no_grad()
+def latent_variance(exp: Experiment, encoder, x: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
+    """Variance over the images ``x`` of each latent mean μ_j, ``(d,)`` (unbiased)."""
+    dev = exp.device
+    home = next(encoder.parameters()).device
+    encoder.to(dev)
+    try:
+        mu = torch.cat([encoder(x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
+    finally:
+        encoder.to(home)
+    return mu.double().var(0) if len(mu) > 1 else torch.zeros(mu.shape[1], dtype=torch.float64)
+
+
+def active_latents(variance: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> int:
+    """Number of latent units in use: ``Var_x(μ_j) > threshold`` (Burda et al.'s active units; the others have
+    collapsed onto the prior and encode nothing)."""
+    return int((torch.as_tensor(variance) > threshold).sum())
+
+
 def metrics_table(exp: Experiment, vaes: Mapping[GridPoint, tuple[torch.nn.Module, dict]], x: torch.Tensor, *,
                   batch_size: int = 250) -> pd.DataFrame:
     """One row per VAE: its grid point, seed, checkpoint, and the saliency metrics on ``x``.
@@ -238,10 +262,12 @@ def metrics_table(exp: Experiment, vaes: Mapping[GridPoint, tuple[torch.nn.Modul
     for p, (model, manifest) in tqdm(vaes.items(), desc="saliency metrics", disable=not exp.progress):
         seed = model_seed(exp.seed, p.loss, p.beta, p.run)
         S = unit_saliency(exp, model.encoder, x, seed, batch_size=batch_size)
+        var = latent_variance(exp, model.encoder, x)
         rows.append({"loss": LOSS_LABELS[p.loss], "loss_key": p.loss, "beta": p.beta, "run": p.run, "seed": seed,
                      "checkpoint": manifest.get("name", checkpoint(exp.dataset, p.loss, p.beta, p.run)),
                      "epochs_run": (manifest.get("training") or {}).get("epochs_run"), "n_explained": len(x),
-                     **model_metrics(S)})
+                     **model_metrics(S), "active_latents": active_latents(var),
+                     "latent_variances": " ".join(f"{v:.3g}" for v in var.tolist())})
         del S
     return pd.DataFrame(rows)
 
@@ -336,6 +362,10 @@ def verdicts(exp: Experiment, df: pd.DataFrame) -> list[Verdict]:
         ours = (f"{per_beta} (mean ± std over {runs} runs, {int(sub['n_explained'].iloc[0]):,} test images); "
                 f"drop β={t['beta_min']:g}→{t['beta_max']:g}: {t['drop']:+.3f} vs pooled std {t['pooled_std']:.3f}"
                 + rho)
+        if "active_latents" in sub:
+            used = "; ".join(f"β={b:g}: " + ",".join(str(int(v)) for v in g["active_latents"])
+                             for b, g in sub.groupby("beta"))
+            ours += f"; latent units in use (of {d}) per run: {used}"
         a = anchor_trend(exp.dataset, loss)
         if a is None:
             anchor = f"{NO_ANCHOR.get(exp.dataset, 'no published number')}; paper: does not decrease with β"
@@ -354,7 +384,7 @@ def _metrics_present(df: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
     return [m for m in metrics if m in df and df[m].notna().any()]
 
 
-def box_figure(df: pd.DataFrame, metrics: Sequence[str] = METRICS, *, title: str | None = None):
+def box_figure(df: pd.DataFrame, metrics: Sequence[str] = FIGURE_METRICS, *, title: str | None = None):
     """Box plots of each metric against β, one box per loss at each β, the runs drawn as dots (FACT/ORIG
     ``metric_box_plots.pdf``). Returns the matplotlib figure; metrics that are all NaN are left out."""
     import matplotlib.pyplot as plt
@@ -392,7 +422,7 @@ def box_figure(df: pd.DataFrame, metrics: Sequence[str] = METRICS, *, title: str
     return fig
 
 
-def box_figure_plotly(df: pd.DataFrame, metrics: Sequence[str] = METRICS, *, title: str | None = None):
+def box_figure_plotly(df: pd.DataFrame, metrics: Sequence[str] = FIGURE_METRICS, *, title: str | None = None):
     """Interactive twin of :func:`box_figure` (hover shows each run)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

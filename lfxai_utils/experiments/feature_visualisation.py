@@ -101,6 +101,7 @@ def activation_table(exp: Experiment, vaes: Mapping[D.GridPoint, tuple[torch.nn.
     df = pd.DataFrame(rows)
     df["ratio_to_test_max"] = df["mu_vis"] / df["test_max"].where(df["test_max"] > 0)
     df["z_vs_test"] = (df["mu_vis"] - df["test_mean"]) / df["test_std"]
+    df["in_use"] = df["test_std"] ** 2 > D.ACTIVE_VARIANCE     # else the unit collapsed onto the prior
     return df
 
 
@@ -208,14 +209,17 @@ def history_plotly(results: Mapping[float, VisualisationResult], *, title: str |
 def verdicts(exp: Experiment, table: pd.DataFrame, similarity: pd.DataFrame) -> list[Verdict]:
     """One record per dataset: what the pictures show, marked inconclusive (no claim to test)."""
     d = D.VAE_SETTINGS[exp.dataset].latent_dim
-    ratio = table["ratio_to_test_max"].dropna()
+    used = table[table["in_use"]]
+    ratio = used["ratio_to_test_max"].dropna()
     sim = ", ".join(f"β={r.beta:g}: {r.mean_pairwise_pearson:.2f}" for r in similarity.itertuples()
                     if np.isfinite(r.mean_pairwise_pearson))
-    n_above = int((table["mu_vis"] > table["test_max"]).sum())
+    n_above = int((used["mu_vis"] > used["test_max"]).sum())
+    collapsed = "; ".join(f"β={b:g}: {int((~g['in_use']).sum())}/{len(g)}" for b, g in table.groupby("beta"))
     n_test = int(table["n_test"].iloc[0])
-    ours = (f"μ_j of the optimised picture (trained ReLU encoder) ÷ the largest μ_j over {n_test:,} test images: "
+    ours = (f"units in use (test-set Var μ_j > {D.ACTIVE_VARIANCE:g}): μ_j of the optimised picture (trained ReLU "
+            f"encoder) ÷ the largest μ_j over {n_test:,} test images: "
             + (f"median {ratio.median():.2f} (range {ratio.min():.2f}–{ratio.max():.2f})" if len(ratio) else "n/a")
-            + f"; {n_above}/{len(table)} pictures exceed every test image"
+            + f"; {n_above}/{len(used)} such pictures exceed every test image; collapsed units {collapsed}"
             + (f"; mean Pearson correlation between the pictures of different units {sim}" if sim else ""))
     return [Verdict("3 (extension) feature visualisation", exp.dataset, f"β-VAE run 0 (d={d})",
                     "activation reached by the unit's visualisation vs test images", ours, ANCHOR, ANCHOR_SOURCE,

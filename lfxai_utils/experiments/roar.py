@@ -19,6 +19,7 @@ The random scores are seeded (ORIG: unseeded ``np.random.randn``).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..checkpoints import checkpoint_name
+from ..data import DatasetSplits
 from ..features import attribute_dataset
 from ..metrics import feature_scores, topk_mask
 from ..report import Verdict, verdict_word
@@ -41,6 +43,7 @@ MODELS = (None,)
 METHODS = ("gradient_shap", "integrated_gradients", "random")
 METHOD_LABELS = {"gradient_shap": "GradientSHAP", "integrated_gradients": "Integrated Gradients", "random": "Random"}
 PERCENTS = (10, 20, 50, 70, 100)
+LOSS_COLUMNS = ["method", "percent", "k", "test_loss", "nonzero_removed", "black_images", "checkpoint"]
 #: ORIG's CLI runs ``roar_test(..., n_epochs=10)`` (the function default is 100).
 N_EPOCHS = 10
 ANCHOR = ("paper App. C (figure only, no numbers): removing the pixels that label-free GradientSHAP and IG rank "
@@ -82,8 +85,27 @@ def validate(methods: Any = METHODS, percents: Any = PERCENTS) -> tuple[tuple[st
     return tuple(ms), tuple(sorted(set(ps)))
 
 
+def smoke_levels(percents: Sequence[int]) -> tuple[int, ...]:
+    """A smoke run retrains at the lowest and the highest level only (same code path, fewer trainings)."""
+    return tuple(sorted({min(percents), max(percents)}))
+
+
+#: Training images a smoke run keeps (every training image is explained and masked, so this sets its cost).
+SMOKE_TRAIN = 48
+
+
 def data_requirements(dataset: str, model: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     return [(dataset, {})]
+
+
+def load_data(exp: Experiment) -> DatasetSplits:
+    """The dataset; a smoke run keeps only its first :data:`SMOKE_TRAIN` training images."""
+    splits = exp.load_data()
+    n = exp.size(None, SMOKE_TRAIN)
+    if n is not None and n < len(splits.train):
+        splits = DatasetSplits(splits.name, splits.train.subset(torch.arange(n)), splits.test,
+                               {**splits.info, "n_train": n})
+    return splits
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -111,7 +133,7 @@ def required_checkpoints(dataset: str, model: str | None = None, methods: Sequen
 
 
 def _fit_kwargs(exp: Experiment) -> dict[str, Any]:
-    return {"max_train_examples": 128} if exp.smoke else {}
+    return {"max_train_examples": SMOKE_TRAIN} if exp.smoke else {}
 
 
 def get_base_model(exp: Experiment, splits) -> tuple[nn.Module, dict[str, Any]]:
@@ -179,9 +201,12 @@ def mask_digest(mask: Tensor) -> str:
     return hashlib.sha256(bits.tobytes() + str(tuple(mask.shape)).encode()).hexdigest()
 
 
-def removal_stats(x: Tensor, mask: Tensor) -> dict[str, float]:
-    """What a mask really removes: mean fraction of each image's non-zero pixels, and all-black images."""
-    nz = nonzero_pixels(x)
+def removal_stats(x: Tensor, mask: Tensor, nonzero: Tensor | None = None) -> dict[str, float]:
+    """What a mask really removes: mean fraction of each image's non-zero pixels, and all-black images.
+
+    ``nonzero``: :func:`nonzero_pixels` of ``x`` when already computed.
+    """
+    nz = nonzero_pixels(x) if nonzero is None else nonzero
     kept = nz & ~mask.bool()
     frac = (nz & mask.bool()).sum(1).double() / nz.sum(1).clamp_min(1).double()
     return {"nonzero_removed": float(frac.mean()), "black_images": float((kept.sum(1) == 0).double().mean())}
@@ -194,66 +219,78 @@ def roar_spec(dataset: str, method: str, percent: int, k: int, base_sha256: str)
                                                "roar_base_sha256": base_sha256})
 
 
+@dataclass
+class Retrained:
+    """A model retrained without the top ``k`` pixels by ``method``, and what its masks removed."""
+
+    model: nn.Module
+    manifest: dict[str, Any]
+    k: int
+    mask_sha256: str                 # of the masks computed in this run (from the base model)
+    stats: dict[str, float]          # :func:`removal_stats` of those masks
+
+
 def retrain(exp: Experiment, splits, scores: Mapping[str, Tensor], percents: Sequence[int],
-            base_manifest: Mapping[str, Any]) -> dict[tuple[str, int], tuple[nn.Module, dict[str, Any]]]:
+            base_manifest: Mapping[str, Any]) -> dict[tuple[str, int], Retrained]:
     """One autoencoder per (method, percent), trained from the base model's initial weights on the masked images.
 
     Every model is built after seeding with ``exp.seed`` (identical initial weights, identical shuffling). Only
     scores enter here, never an encoder: the explained model cannot change between methods. In inference mode the
-    checkpoints are loaded (and must record the base model's sha256).
+    checkpoints are loaded; they must record this base model's sha256 (else ``CheckpointMismatchError``).
     """
     x, y = splits.train.tensors()
+    nz = nonzero_pixels(x)
     base_sha = base_manifest["file"]["sha256"]
     out = {}
     jobs = [(m, p) for m in scores for p in percents]
     for m, p in tqdm(jobs, desc="remove and retrain", disable=not exp.progress):
         mask = removal_mask(scores[m], p)
-        k = n_removed(p, mask.shape[1])
+        k, digest, stats = n_removed(p, mask.shape[1]), mask_digest(mask), removal_stats(x, mask, nz)
         info = {**json_data_info(splits),
                 "roar": {"method": m, "percent": int(p), "k": k, "masks_from": checkpoint(exp.dataset),
-                         "base_sha256": base_sha, "mask_sha256": mask_digest(mask),
+                         "base_sha256": base_sha, "mask_sha256": digest,
                          "removed": "top-k pixels of each training image (sum over channels of |attribution|) set to 0",
-                         **removal_stats(x, mask)}}
-        out[(m, p)] = exp.get_model(checkpoint(exp.dataset, m, p), roar_spec(exp.dataset, m, p, k, base_sha),
-                                    (mask_images(x, mask), y), data_info=info, seed=exp.seed,
-                                    fit_kwargs=_fit_kwargs(exp), desc=f"{METHOD_LABELS[m]} {p} %")
+                         **stats}}
+        model, manifest = exp.get_model(checkpoint(exp.dataset, m, p), roar_spec(exp.dataset, m, p, k, base_sha),
+                                        (mask_images(x, mask), y), data_info=info, seed=exp.seed,
+                                        fit_kwargs=_fit_kwargs(exp), desc=f"{METHOD_LABELS[m]} {p} %")
+        out[(m, p)] = Retrained(model, manifest, k, digest, stats)
     return out
 
 
-def retrained_losses(exp: Experiment, splits, base: nn.Module, models: Mapping[tuple[str, int], tuple[nn.Module, dict]],
-                scores: Mapping[str, Tensor], *, batch_size: int = 1000) -> pd.DataFrame:
-    """Test MSE on the **unmasked** test set: one row per (method, percent), with the base model as 0 %.
+def retrained_losses(exp: Experiment, splits, base: nn.Module, models: Mapping[tuple[str, int], Retrained], *,
+                     batch_size: int = 500) -> pd.DataFrame:
+    """Test MSE on the **unmasked** test set: one row per (method, percent), with the base model as 0 % per method.
 
     Columns: method, percent, k, test_loss, nonzero_removed (mean fraction of a training image's non-zero pixels
     that the mask removed), black_images (fraction of training images left all black), checkpoint.
+    Models whose weights are byte-identical (same checkpoint sha256; e.g. every model trained on all-black images)
+    are evaluated once.
     """
-    x = train_images(splits)
-    d = scores[next(iter(scores))].shape[1] if scores else x.shape[-1] * x.shape[-2]
-    base_loss = evaluate_loss(base, splits.test, batch_size=batch_size, device=exp.device)
+    cache: dict[str, float] = {}
+
+    def loss(model: nn.Module, sha: str) -> float:
+        if sha not in cache:
+            cache[sha] = evaluate_loss(model, splits.test, batch_size=batch_size, device=exp.device)
+        return cache[sha]
+
+    base_row = {"percent": 0, "k": 0, "nonzero_removed": 0.0, "checkpoint": checkpoint(exp.dataset),
+                "black_images": float((nonzero_pixels(train_images(splits)).sum(1) == 0).double().mean()),
+                "test_loss": evaluate_loss(base, splits.test, batch_size=batch_size, device=exp.device)}
     rows = []
-    for m in scores:
-        rows.append({"method": METHOD_LABELS[m], "percent": 0, "k": 0, "test_loss": base_loss,
-                     "nonzero_removed": 0.0, "black_images": float((nonzero_pixels(x).sum(1) == 0).double().mean()),
-                     "checkpoint": checkpoint(exp.dataset)})
-        for (mm, p), (model, _) in models.items():
-            if mm != m:
-                continue
-            stats = removal_stats(x, removal_mask(scores[m], p))
-            rows.append({"method": METHOD_LABELS[m], "percent": int(p), "k": n_removed(p, d),
-                         "test_loss": evaluate_loss(model, splits.test, batch_size=batch_size, device=exp.device),
-                         **stats, "checkpoint": checkpoint(exp.dataset, m, p)})
-    return pd.DataFrame(rows)
+    for m in dict.fromkeys(m for m, _ in models):
+        rows.append({"method": METHOD_LABELS[m], **base_row})
+        rows += [{"method": METHOD_LABELS[m], "percent": int(p), "k": r.k,
+                  "test_loss": loss(r.model, r.manifest["file"]["sha256"]), **r.stats,
+                  "checkpoint": checkpoint(exp.dataset, m, p)} for (mm, p), r in models.items() if mm == m]
+    return pd.DataFrame(rows, columns=LOSS_COLUMNS)
 
 
-def mask_reproduction(scores: Mapping[str, Tensor], models: Mapping[tuple[str, int], tuple[nn.Module, dict]]
-                      ) -> pd.DataFrame:
-    """Do the masks recomputed now equal the ones each model was trained on (sha256 in its manifest)?"""
-    rows = []
-    for (m, p), (_, manifest) in models.items():
-        saved = (manifest.get("data") or {}).get("roar", {}).get("mask_sha256")
-        now = mask_digest(removal_mask(scores[m], p))
-        rows.append({"method": METHOD_LABELS[m], "percent": int(p), "identical": saved == now})
-    return pd.DataFrame(rows)
+def mask_reproduction(models: Mapping[tuple[str, int], Retrained]) -> pd.DataFrame:
+    """Are the masks computed in this run the ones each model was trained on (sha256 in its manifest)?"""
+    return pd.DataFrame([{"method": METHOD_LABELS[m], "percent": int(p),
+                          "identical": (r.manifest.get("data") or {}).get("roar", {}).get("mask_sha256") == r.mask_sha256}
+                         for (m, p), r in models.items()])
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -268,7 +305,7 @@ def example_grid(x: Tensor, scores: Mapping[str, Tensor], percents: Sequence[int
             rows.append([to_display_image(x[i].numpy())])
             labels.append(f"{METHOD_LABELS[m]}\nimage {i}")
         for p in percents:
-            shown = mask_images(x[idx], removal_mask(s, p)[idx])
+            shown = mask_images(x[idx], removal_mask(s[idx], p))
             for r, xi in zip(rows[-len(idx):], shown):
                 r.append(to_display_image(xi.numpy()))
     cols = ["original"] + [f"{p} % removed" for p in percents]

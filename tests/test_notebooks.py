@@ -118,3 +118,37 @@ def test_notebook_smoke(notebook, dataset, model, tmp_path, monkeypatch):
     df = pd.read_csv(summary, dtype=str, keep_default_na=False)
     assert len(df) > 0, "summary.csv has no verdict"
     assert set(df["verdict"]) == {"inconclusive"}, "a smoke run on generated data must not claim a verdict"
+
+
+GENERATORS = sorted((ROOT / "tools").glob("nb_*.py"))
+
+
+def test_every_notebook_has_a_generator():
+    stems = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+    assert stems == {g.stem[len("nb_"):] for g in GENERATORS}
+
+
+@pytest.mark.parametrize("generator", GENERATORS, ids=lambda p: p.stem)
+def test_notebook_matches_its_generator(generator, monkeypatch, tmp_path):
+    """``notebooks/X.ipynb`` is exactly what ``tools/nb_X.py`` writes (edit the generator, then rerun it)."""
+    import runpy
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    sys.modules.pop("nbwrite", None)
+    import nbwrite
+
+    written = {}
+    real_write = nbwrite.write
+
+    def capture(path, cells):
+        real_write(tmp_path / "out.ipynb", cells)
+        written[Path(path).name] = (tmp_path / "out.ipynb").read_text()
+
+    monkeypatch.setattr(nbwrite, "write", capture)
+    runpy.run_path(str(generator), run_name="__main__")
+    name = generator.stem[len("nb_"):] + ".ipynb"
+    assert list(written) == [name]
+    assert written[name] == (NOTEBOOKS / name).read_text(), (
+        f"notebooks/{name} differs from what {generator.relative_to(ROOT)} writes: "
+        f"run `.venv/bin/python {generator.relative_to(ROOT)}` (or move your notebook edit into the generator)")

@@ -31,10 +31,11 @@ write("notebooks/claim1_roar.ipynb", [
     batch_size = 256          # explanation batch size
     n_show = 3                # training images shown per method
     ''', COMMON_PARAMS),
-    code(setup_cell("roar") + "methods, percents = X.validate(methods, percents)"),
+    code(setup_cell("roar") + """methods, percents = X.validate(methods, percents)
+percents = exp.size(percents, X.smoke_levels(percents))"""),
     md("## Data"),
     code('''
-    splits = exp.load_data()
+    splits = X.load_data(exp)
     x_train = X.train_images(splits)
     baseline = common.baseline_for(dataset, splits)
     nonzero = X.nonzero_pixels(x_train).sum(1).double()

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def params(*blocks: str):
 def write(path: str | Path, cells) -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = list(cells)
+    for i, cell in enumerate(nb.cells):  # stable ids: regenerating an unchanged notebook leaves the file unchanged
+        cell.id = hashlib.sha1(f"{i}:{cell.source}".encode()).hexdigest()[:8]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.validate(nb)

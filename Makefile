@@ -8,7 +8,7 @@ JOBS   ?= 2
 # extra arguments for the book builder, e.g. make book BOOK_ARGS="--only mnist"
 BOOK_ARGS ?=
 
-.PHONY: venv test test-fast book book-list notebooks bench checkpoints clean help
+.PHONY: venv test test-fast book book-timings book-list notebooks bench checkpoints clean help
 
 help:
 	@echo "make book         set up .venv, execute every notebook from the shipped checkpoints, build the HTML book"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast    the test suite without the slow notebook/browser tests"
 	@echo "make book-list    which pages of the book can run on this machine, and why the others cannot"
 	@echo "make bench        benchmarks against the authors' lfxai package"
+	@echo "make book-timings a full book build (every page re-executed) that records its times for the Performance page"
 	@echo "make checkpoints  retrain the shipped checkpoints (mode=train; BOOK_ARGS=\"--only KEY\" for one page)"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
@@ -37,6 +38,9 @@ test-fast: $(STAMP)
 
 book: $(STAMP)
 	$(PY) -m lfxai_utils.book $(BOOK_ARGS)
+
+book-timings: $(STAMP)
+	$(PY) -m lfxai_utils.book --force --record-timings bench/results/book_timings.csv $(BOOK_ARGS)
 
 book-list: $(STAMP)
 	$(PY) -m lfxai_utils.book --list $(BOOK_ARGS)

@@ -879,6 +879,9 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
     ap.add_argument("--train-checkpoints", action="store_true",
                     help="execute the pages in mode=train (with reuse_checkpoints=True and each page's train_params), "
                          "writing checkpoints into checkpoints/; no HTML")
+    ap.add_argument("--record-timings", metavar="CSV", default=None,
+                    help="write each page's status and wall time, and the build's total, to this CSV (the "
+                         "Performance page reads bench/results/book_timings.csv; use with --force for a full build)")
     args = ap.parse_args(argv)
     registry = registry or default_registry()
     layout = layout or Layout()
@@ -945,8 +948,31 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
         print(f"book built: {layout.rel(layout.root / '_build' / 'html' / 'index.html')}")
     if mode == "train" and not failed:
         print("checkpoints written; `make book` now executes the pages from them")
-    print(f"total wall time {time.perf_counter() - t_start:.1f} s", flush=True)
+    total = time.perf_counter() - t_start
+    print(f"total wall time {total:.1f} s", flush=True)
+    if args.record_timings and mode == "inference":
+        write_timings(Path(args.record_timings), [outcomes[p.key] for p in selected if p.key in outcomes], total,
+                      html_rc=None if args.no_html else rc)
+        print(f"timings written to {args.record_timings}")
     return 1 if (failed or rc) else 0
+
+
+def write_timings(path: Path, outcomes: Sequence[Outcome], total: float, *, html_rc: int | None) -> None:
+    """One row per page (status, seconds, when) and a last row with the whole command's wall time, atomically.
+
+    ``seconds`` of a cached page is the time it took when it was last executed, not in this build: the ``status``
+    column says which, and the ``total`` row is this build's own wall time (page execution + HTML).
+    """
+    import pandas as pd
+
+    rows = [{"page": o.page.key, "status": o.status, "seconds": round(o.seconds, 1) if o.seconds else None,
+             "when": o.when} for o in outcomes]
+    html = "" if html_rc is None else (" + HTML" if html_rc == 0 else " + HTML (failed)")
+    rows.append({"page": f"total: this build ({len(outcomes)} pages{html}, {_machine()})", "status": "",
+                 "seconds": round(total, 1), "when": _dt.datetime.now().isoformat(timespec="seconds")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        pd.DataFrame(rows).to_csv(f, index=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -222,3 +222,12 @@ def test_render_performance_book_timings_and_missing(tmp_path):
         tmp_path / "book_timings.csv", index=False)
     page = render_performance(tmp_path)
     assert "| a | inference | 12.5 |" in page and "Sum of the `seconds` column: 60 s (1.0 min)" in page
+
+
+def test_render_performance_uses_the_builds_total_row(tmp_path):
+    pd.DataFrame({"page": ["a", "b", "total: this build (2 pages + HTML, 2 CPU cores, no GPU)"],
+                  "status": ["executed", "cached", ""], "seconds": [100.0, 20.0, 150.0]}).to_csv(
+        tmp_path / "book_timings.csv", index=False)
+    page = render_performance(tmp_path)
+    assert "Whole build (the `total` row): 150 s (2.5 min), of which executing the pages took 120 s" in page
+    assert "Sum of the `seconds` column" not in page

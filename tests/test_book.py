@@ -376,6 +376,28 @@ def test_build_runs_pages_reports_a_failing_notebook_and_exits_nonzero(repo, cap
     assert "failed in" in out.split("claim_b__mnist ...")[1].splitlines()[0]
 
 
+def test_record_timings_writes_each_page_and_the_total(repo, capsys):
+    write_nb(repo / "notebooks" / "claim_a.ipynb", WRITE_SUMMARY)
+    write_nb(repo / "notebooks" / "claim_b.ipynb", "import time; time.sleep(0.3)", WRITE_SUMMARY)
+    reg = make_registry()
+    out = repo / "bench" / "results" / "book_timings.csv"
+    assert book.run(["--record-timings", str(out)], registry=reg, layout=Layout(repo), html=lambda l: 0) == 0
+    df = pd.read_csv(out)
+    pages = df[~df["page"].str.startswith("total")].set_index("page")
+    assert sorted(pages.index) == ["claim_a__ecg5000", "claim_a__mnist", "claim_b__mnist"]
+    assert set(pages["status"]) == {"executed"}
+    assert pages.loc["claim_b__mnist", "seconds"] >= 0.3
+    total = df[df["page"].str.startswith("total")]
+    assert len(total) == 1 and "3 pages + HTML" in total["page"].iloc[0]
+    assert total["seconds"].iloc[0] >= pages["seconds"].sum() - 0.2   # rounding to 0.1 s per row
+    # a second build without --force finds every page cached and records that, with the earlier times
+    assert book.run(["--record-timings", str(out), "--no-html"], registry=reg, layout=Layout(repo)) == 0
+    again = pd.read_csv(out)
+    again_pages = again[~again["page"].str.startswith("total")].set_index("page")
+    assert set(again_pages["status"]) == {"cached"}
+    assert again_pages.loc["claim_b__mnist", "seconds"] == pages.loc["claim_b__mnist", "seconds"]
+
+
 def test_params_note_lists_the_books_parameters(repo):
     write_nb(repo / "notebooks" / "claim_b.ipynb", WRITE_SUMMARY)
     reg = make_registry()

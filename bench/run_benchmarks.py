@@ -143,6 +143,22 @@ class Setup:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+class SyntheticFallbackRefused(SystemExit):
+    """The real model or data is missing and the user did not ask for the labelled synthetic stand-in."""
+
+
+def require_real(what: str, why: str, args) -> None:
+    """Refuse to benchmark on random weights / random images unless asked (``--allow-synthetic``, or ``--quick``):
+    a results CSV from random inputs is easy to mistake for the real benchmark."""
+    if args.quick or args.allow_synthetic:
+        return
+    raise SyntheticFallbackRefused(
+        f"bench: {what} is not available here ({why}).\n"
+        "Fix: point LFXAI_DATA_DIR at a folder holding MNIST (e.g. LFXAI_DATA_DIR=../shared/datasets make bench) and "
+        "keep the shipped checkpoints in checkpoints/; or pass --allow-synthetic to time a seeded random stand-in "
+        "(the results are then labelled RANDOM in benchmarks.csv and machine.txt).")
+
+
 def build_setup(args, tmp: Path) -> Setup:
     """The shipped MNIST checkpoint + its TracIn checkpoints and the class-balanced MNIST subsets of Claim 1.2;
     a seeded random model / random images (clearly labelled) where those are absent."""
@@ -160,6 +176,7 @@ def build_setup(args, tmp: Path) -> Setup:
         model_label = (f"shipped checkpoint `{CHECKPOINT}` (MNIST denoising AE, d=4, {manifest['n_parameters']:,} "
                        f"parameters; TracIn checkpoints at epochs {[e['epoch'] for e in manifest['tracin_checkpoints']]})")
     except (CheckpointError, FileNotFoundError, KeyError) as err:
+        require_real("the shipped MNIST checkpoint", f"{type(err).__name__}: {err}", args)
         torch.manual_seed(0)
         model = build_model("mnist_ae", latent_dim=4).eval()
         paths = []
@@ -191,6 +208,7 @@ def build_setup(args, tmp: Path) -> Setup:
             data_label += "; " + "; ".join(splits.info["notes"])
         train_x, train_y, test_x, test_y, hvp_x = xtr[itr], ytr[itr], xte[ite], yte[ite], xtr
     except DatasetNotFoundError as err:
+        require_real("MNIST", str(err).splitlines()[0], args)
         g = torch.Generator().manual_seed(0)
         n_all = max(n_te, args.n_features)
         train_x, test_x = torch.rand(n_tr, 1, 28, 28, generator=g), torch.rand(n_all, 1, 28, 28, generator=g)
@@ -526,6 +544,9 @@ def parse_args(argv=None):
     ap.add_argument("--hvp-batch", type=int, default=300, help="HVP minibatch size")
     ap.add_argument("--if-tol", type=float, default=1e-3, help="IF agreement tolerance (scale-relative)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allow-synthetic", action="store_true",
+                    help="if MNIST or the shipped checkpoint is missing, time a seeded random stand-in (labelled RANDOM) "
+                         "instead of stopping")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="LOAD",
                     help="first wait until the 1-min load average is below LOAD (at most --wait-max seconds)")
     ap.add_argument("--wait-max", type=float, default=3 * 3600)

@@ -688,14 +688,21 @@ def render_results(outcomes: Sequence[Outcome], chapters_: Sequence[Chapter], la
             continue
         any_rows = True
         table = pd.concat(frames, ignore_index=True)
-        lines += [f"### {c.title}", "", "| dataset | quantity | ours | anchor (source) | criterion | verdict |",
-                  "|---|---|---|---|---|---|"]
+        # The criterion and the anchor repeat across a claim's rows: each distinct (anchor, source, criterion) is
+        # written once under the table and the rows point at it, so the table keeps readable column widths.
+        notes: list[tuple[str, str, str]] = []
+        lines += [f"### {c.title}", "", "| dataset | quantity | ours | verdict | anchor & criterion |",
+                  "|---|---|---|---|---|"]
         for r in table.to_dict("records"):
-            anchor = _md(r.get("anchor", ""))
-            source = _md(r.get("anchor_source", ""))
+            note = (r.get("anchor", ""), r.get("anchor_source", ""), r.get("criterion", ""))
+            if note not in notes:
+                notes.append(note)
             lines.append(f"| {r['page']} | {_md(r.get('quantity', ''))} | {_md(r.get('ours', ''))} | "
-                         f"{anchor}" + (f" (*{source}*)" if source else "") + f" | {_md(r.get('criterion', ''))} | "
-                         f"**{_md(r.get('verdict', ''))}** |")
+                         f"**{_md(r.get('verdict', ''))}** | [{notes.index(note) + 1}] |")
+        lines.append("")
+        for i, (anchor, source, criterion) in enumerate(notes, 1):
+            lines.append(f"{i}. **Anchor:** {_md(anchor) or '—'}" + (f" (*{_md(source)}*)" if source else "")
+                         + f". **Criterion:** {_md(criterion) or '—'}")
         lines.append("")
     if not any_rows:
         lines += ["No executed page wrote a verdict in this build.", ""]

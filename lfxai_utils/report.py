@@ -1,7 +1,7 @@
 """Verdict records written by the notebooks, and the book's generated overview pages.
 
 Every claim notebook ends by calling :func:`write_summary` with one :class:`Verdict` per headline number. The book
-builder reads those CSVs back (:func:`render_results`): nothing in the overview is typed by hand.
+builder reads those CSVs back (:func:`lfxai_utils.book.render_results`): nothing in the overview is typed by hand.
 """
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import datetime as _dt
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from ._utils import atomic_write
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .book import Outcome
 
 SUMMARY_COLUMNS = ["claim", "dataset", "model", "quantity", "ours", "anchor", "anchor_source", "criterion", "verdict"]
 VERDICTS = ("holds", "does not hold", "inconclusive")
@@ -71,69 +68,6 @@ def _md_table(df: pd.DataFrame) -> str:
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows += ["| " + " | ".join(_md_escape(v) for v in r) + " |" for r in df.itertuples(index=False)]
     return "\n".join(rows)
-
-
-def render_results(outcomes: Iterable["Outcome"]) -> str:
-    """The results overview: every verdict the executed notebooks wrote, and the pages that were not run."""
-    frames, missing = [], []
-    for o in outcomes:
-        csv = o.page.output_dir / "summary.csv"
-        if o.status in ("executed", "cached") and csv.exists():
-            df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-            df.insert(0, "page", f"[{o.page.key}](../_executed/{o.page.key})")
-            frames.append(df)
-        else:
-            missing.append(o)
-    lines = [
-        "# Results overview",
-        "",
-        "Every row below was read from the `summary.csv` that the notebook of that page wrote when it ran for this "
-        "build; nothing here is typed by hand. *Anchor* is the number or wording of the paper or of a published "
-        "reproduction (its source is named), and *verdict* applies the stated criterion to **our** numbers.",
-        "",
-    ]
-    if frames:
-        table = pd.concat(frames, ignore_index=True)[["page"] + SUMMARY_COLUMNS]
-        counts = table["verdict"].value_counts().to_dict()
-        lines += [
-            f"**{len(table)} verdicts** from {len(frames)} executed pages: "
-            + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ".",
-            "",
-            _md_table(table.drop(columns=["page"]).assign(page=table["page"])[["page"] + SUMMARY_COLUMNS]),
-            "",
-        ]
-    else:
-        lines += ["No page was executed in this build.", ""]
-    if missing:
-        lines += ["## Pages without results in this build", ""]
-        lines += [f"- [{o.page.title}](../_executed/{o.page.key}): {'; '.join(o.reasons) or o.status}" for o in missing]
-        lines += ["", "See [What was not run here](not_run) for the reasons and the commands that run them."]
-    return "\n".join(lines) + "\n"
-
-
-def render_not_run(outcomes: Iterable["Outcome"]) -> str:
-    outcomes = list(outcomes)
-    skipped = [o for o in outcomes if o.status == "not-run"]
-    failed = [o for o in outcomes if o.status == "failed"]
-    lines = [
-        "# What was not run here",
-        "",
-        "This book is built on a machine without internet access and without a GPU. Datasets that could not be "
-        "obtained offline (CIFAR-10, CIFAR-100, dSprites and the 4,500-series ECG5000 test split) and models that "
-        "were not trained here have no results in this build. Each page below says exactly why, and gives the "
-        "papermill command that runs it for a user who has the data (it is downloaded and checksum-verified "
-        "automatically on a machine with internet) or a GPU.",
-        "",
-    ]
-    if not skipped and not failed:
-        lines.append("Every page of the book was executed in this build.")
-    if skipped:
-        lines += ["| page | why it was not run |", "|---|---|"]
-        lines += [f"| [{o.page.title}](../_executed/{o.page.key}) | {_md_escape('; '.join(o.reasons))} |" for o in skipped]
-    if failed:
-        lines += ["", "## Pages whose notebook raised an error", ""]
-        lines += [f"- [{o.page.title}](../_executed/{o.page.key}): `{_md_escape('; '.join(o.reasons))}`" for o in failed]
-    return "\n".join(lines) + "\n"
 
 
 def _perf_num(v, fmt: str = "{:.3g}") -> str:

@@ -231,3 +231,17 @@ def test_render_performance_uses_the_builds_total_row(tmp_path):
     page = render_performance(tmp_path)
     assert "Whole build (the `total` row): 150 s (2.5 min), of which executing the pages took 120 s" in page
     assert "Sum of the `seconds` column" not in page
+
+
+def test_bench_refuses_random_images_unless_asked(tmp_path, monkeypatch):
+    """Without MNIST the benchmark stops with the fix, instead of silently timing random images."""
+    from bench import run_benchmarks as RB
+
+    monkeypatch.setenv("LFXAI_DATA_DIR", str(tmp_path / "empty"))
+    args = RB.parse_args(["--n-train", "20", "--n-test", "20", "--n-features", "20"])
+    with pytest.raises(RB.SyntheticFallbackRefused, match="LFXAI_DATA_DIR") as exc:
+        RB.build_setup(args, tmp_path)
+    assert exc.value.code != 0  # a SystemExit whose message is the exit status: non-zero
+    args = RB.parse_args(["--n-train", "20", "--n-test", "20", "--n-features", "20", "--allow-synthetic"])
+    setup = RB.build_setup(args, tmp_path)
+    assert setup.data_label.startswith("RANDOM IMAGES") and setup.train_x.shape == (20, 1, 28, 28)

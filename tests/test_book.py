@@ -413,12 +413,13 @@ def test_params_note_lists_the_books_parameters(repo):
 
 
 # ---------------------------------------------------------------------------------------- generated pages
-def _summary(layout: Layout, page: Page, verdicts: list[str]) -> None:
+def _summary(layout: Layout, page: Page, verdicts: list[str], criteria: list[str] | None = None) -> None:
     out = layout.output_dir(page)
     out.mkdir(parents=True, exist_ok=True)
+    criteria = criteria or ["ours > 0"] * len(verdicts)
     rows = [{"claim": "c", "dataset": page.dataset, "model": "AE", "quantity": f"q{i}", "ours": f"{i / 10:.1f}",
-             "anchor": "0.5 | paper", "anchor_source": "Table 1", "criterion": "ours > 0", "verdict": v}
-            for i, v in enumerate(verdicts)]
+             "anchor": "0.5 | paper", "anchor_source": "Table 1", "criterion": crit, "verdict": v}
+            for i, (v, crit) in enumerate(zip(verdicts, criteria))]
     pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)
 
 
@@ -428,7 +429,7 @@ def test_results_page_from_summary_files(repo):
     b_mnist, b_simclr = Page("claim_b", "mnist", "B: MNIST"), Page("claim_b", "cifar10", "B: SimCLR", "simclr")
     chs = [Chapter("Claim A", "claim_a", "claim_a", (a_mnist, a_ecg)),
            Chapter("Claim B", "claim_b", "claim_b", (b_mnist, b_simclr))]
-    _summary(layout, a_mnist, ["holds", "holds", "does not hold"])
+    _summary(layout, a_mnist, ["holds", "holds", "does not hold"], ["ours > 0", "ours > 1", "ours > 0"])
     _summary(layout, b_mnist, ["inconclusive"])
     outcomes = [Outcome(a_mnist, "executed", 12.34, when="t1"),
                 Outcome(a_ecg, "not-run", reasons=["data: dataset `ecg5000` is missing"]),
@@ -442,8 +443,14 @@ def test_results_page_from_summary_files(repo):
     assert ("| [Claim B](../claim_b.md) | [1 inconclusive](../_executed/claim_b__mnist.ipynb) | — | "
             "[not run](../_executed/claim_b__cifar10-simclr.md) |") in lines
     assert "### Claim A" in lines and "### Claim B" in lines
-    assert ("| [MNIST](../_executed/claim_a__mnist.ipynb) | q2 | 0.2 | 0.5 \\| paper (*Table 1*) | ours > 0 | "
-            "**does not hold** |") in lines
+    # a repeated (anchor, source, criterion) is written once under the claim's table; the rows point at it
+    assert "| [MNIST](../_executed/claim_a__mnist.ipynb) | q1 | 0.1 | **holds** | [2] |" in lines
+    assert "| [MNIST](../_executed/claim_a__mnist.ipynb) | q2 | 0.2 | **does not hold** | [1] |" in lines
+    i = lines.index("1. **Anchor:** 0.5 \\| paper (*Table 1*). **Criterion:** ours > 0")
+    assert lines[i + 1] == "2. **Anchor:** 0.5 \\| paper (*Table 1*). **Criterion:** ours > 1"
+    assert not lines[i + 2].startswith("3.")
+    b = lines.index("### Claim B")
+    assert "| [MNIST](../_executed/claim_b__mnist.ipynb) | q0 | 0.0 | **inconclusive** | [1] |" in lines[b:]
     assert "- [A: ECG5000](../_executed/claim_a__ecg5000.md): data: dataset `ecg5000` is missing" in lines
     assert "| [A: MNIST](../_executed/claim_a__mnist.ipynb) | executed | 12.3 | t1 |" in lines
     assert "| [B: MNIST](../_executed/claim_b__mnist.ipynb) | cached | 3.0 | t0 |" in lines

@@ -45,13 +45,24 @@ def _chromium() -> str | None:
     return None
 
 
+_REFRESH = re.compile(r'<meta\s+http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"', re.I)
+
+
+def redirect_target(path: Path) -> str | None:
+    """The URL a redirect-only page (Jupyter Book's top-level ``index.html``: a bare meta refresh) points at."""
+    text = path.read_text(errors="replace")
+    m = _REFRESH.search(text)
+    return m.group(1) if m and len(text) < 1000 else None
+
+
 def built_pages() -> list[str]:
-    """Every HTML page of the build, relative to ``_build/html`` (assets and sources excluded)."""
+    """Every HTML page of the build, relative to ``_build/html`` (assets, sources and redirect-only pages excluded:
+    a page that navigates away at once cannot be inspected; :func:`test_redirects_lead_to_built_pages` checks those)."""
     if not (BUILD / "index.html").exists():
         return []
     skip = ("_static/", "_sources/", "_images/", "_downloads/")
     return sorted(p.relative_to(BUILD).as_posix() for p in BUILD.rglob("*.html")
-                  if not p.relative_to(BUILD).as_posix().startswith(skip))
+                  if not p.relative_to(BUILD).as_posix().startswith(skip) and redirect_target(p) is None)
 
 
 # -------------------------------------------------------------------------------------------- CDP client
@@ -324,6 +335,28 @@ def test_page_renders_offline(browser, page):
                                                 ["targetInfo"]["targetId"]})
         except Exception:  # noqa: BLE001 - the tab is gone anyway
             pass
+
+
+@pytest.mark.skipif(not PAGES, reason="no built book (_build/html): run `make book` first")
+def test_redirects_lead_to_built_pages():
+    """The book's entry point redirects to a page that exists (and is itself rendered by the test above)."""
+    redirects = {p: redirect_target(p) for p in BUILD.glob("*.html")}
+    redirects = {p: t for p, t in redirects.items() if t}
+    assert BUILD / "index.html" in redirects, "index.html is expected to be Jupyter Book's redirect to the first page"
+    for page, target in redirects.items():
+        dest = (page.parent / unquote(urlsplit(target).path)).resolve()
+        assert dest.is_file(), f"{page.name} redirects to {target}, which was not built"
+        assert dest.relative_to(BUILD.resolve()).as_posix() in PAGES
+
+
+def test_redirect_detection(tmp_path):
+    page = tmp_path / "index.html"
+    page.write_text('<meta http-equiv="Refresh" content="0; url=book/intro.html" />')
+    assert redirect_target(page) == "book/intro.html"
+    page.write_text("<html><body>" + "text " * 300 + '<meta http-equiv="refresh" content="0; url=x.html"></body></html>')
+    assert redirect_target(page) is None  # a real page that happens to carry a refresh is still inspected
+    page.write_text("<html><body>no redirect</body></html>")
+    assert redirect_target(page) is None
 
 
 def test_link_checker_finds_broken_links(tmp_path):

@@ -161,7 +161,8 @@ def require_real(what: str, why: str, args) -> None:
 
 def build_setup(args, tmp: Path) -> Setup:
     """The shipped MNIST checkpoint + its TracIn checkpoints and the class-balanced MNIST subsets of Claim 1.2;
-    a seeded random model / random images (clearly labelled) where those are absent."""
+    where those are absent, a seeded random model / random images (labelled RANDOM), only with ``--allow-synthetic``
+    or ``--quick``; otherwise :func:`require_real` stops the run with the fix."""
     from lfxai_utils.checkpoints import CheckpointError, load_checkpoint, read_manifest
     from lfxai_utils.data import DatasetNotFoundError, class_balanced_indices, load_dataset
     from lfxai_utils.models import build_model

@@ -146,3 +146,16 @@ def test_pairing_agreement_is_pearson():
     assert fc.pairing_agreement({"gradient_shap": a, "gradient_shap_as_published": 2 * a + 1}) == pytest.approx(1.0)
     assert fc.pairing_agreement({"gradient_shap": a, "gradient_shap_as_published": -a}) == pytest.approx(-1.0)
     assert fc.pairing_agreement({"gradient_shap": a}) is None
+
+
+def test_missing_data_in_inference_mode_names_both_fixes(tmp_path, monkeypatch):
+    """Inference mode does not download: the error says how to fetch the data, and how to train instead."""
+    monkeypatch.delenv("LFXAI_DATA_DIR", raising=False)
+    exp = _setup(tmp_path, dataset="cifar10")
+    with pytest.raises(common.DatasetNotFoundError) as err:
+        exp.load_data()
+    msg = str(err.value)
+    assert "cifar-10-batches-py" in msg                                    # the loader's own list of files
+    assert "load_dataset('cifar10')" in msg
+    assert ("papermill notebooks/claim1_feature_consistency.ipynb out.ipynb -p dataset cifar10 -p mode train"
+            in msg)

@@ -28,7 +28,7 @@ from torch import nn
 from .._utils import atomic_write, resolve_device, seed_everything
 from ..checkpoints import (CheckpointMismatchError, CheckpointNotFoundError, checkpoint_name, load_checkpoint, load_tracin_checkpoints,
                            read_manifest, save_checkpoint)
-from ..data import DATASETS, DatasetSplits, load_dataset
+from ..data import DATASETS, DatasetNotFoundError, DatasetSplits, load_dataset
 from ..models import build_model
 from ..report import Verdict, write_csv, write_summary
 from ..training import TrainResult, fit
@@ -182,7 +182,17 @@ class Experiment:
         kwargs.setdefault("progress", self.progress)
         with warnings.catch_warnings(record=True) as caught:   # printed below, without the source path
             warnings.simplefilter("always")
-            splits = load_dataset(name, data_dir=self.data_dir, **kwargs)
+            try:
+                splits = load_dataset(name, data_dir=self.data_dir, **kwargs)
+            except DatasetNotFoundError as err:
+                if kwargs["download"]:
+                    raise
+                raise DatasetNotFoundError(
+                    f"{err}\n\nIn inference mode the notebooks do not download. To download {name!r} (checksum-"
+                    f"verified, into the repository's data/ folder) without training anything:\n"
+                    f"  python -c \"from lfxai_utils.data import load_dataset; load_dataset({name!r})\"\n"
+                    f"then run this notebook again; or train every model this page needs (downloads the data "
+                    f"too): {self.papermill_command('train')}") from None
         notes = list(splits.info.get("notes", []))
         notes += [str(w.message) for w in caught if not any(n in str(w.message) for n in notes)]
         for note in notes:

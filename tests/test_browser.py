@@ -270,6 +270,16 @@ def _event_problems(events: list[dict], session: str) -> tuple[list[str], list[s
 PAGES = built_pages()
 
 
+def shot_path(page: str) -> Path:
+    return SHOTS / (page.replace("/", "__").removesuffix(".html") + ".png")
+
+
+def stale_shots(pages: list[str]) -> list[Path]:
+    """Screenshots in ``SHOTS`` of pages that the current build no longer has (removed when the browser starts)."""
+    keep = {shot_path(p) for p in pages}
+    return sorted(p for p in SHOTS.glob("*.png") if p not in keep)
+
+
 @pytest.fixture(scope="module")
 def browser():
     exe = _chromium()
@@ -281,6 +291,8 @@ def browser():
     except Exception as err:  # noqa: BLE001
         b.close()
         pytest.skip(f"chromium does not start headless here: {err}")
+    for old in stale_shots(PAGES):   # _build/screenshots shows the last build only
+        old.unlink()
     yield b
     b.close()
 
@@ -316,7 +328,7 @@ def test_page_renders_offline(browser, page):
                             session=session)
         import base64
 
-        (SHOTS / (page.replace("/", "__").removesuffix(".html") + ".png")).write_bytes(base64.b64decode(shot["data"]))
+        shot_path(page).write_bytes(base64.b64decode(shot["data"]))
         problems = {
             "JavaScript errors": js,
             "network": net,
@@ -347,6 +359,15 @@ def test_redirects_lead_to_built_pages():
         dest = (page.parent / unquote(urlsplit(target).path)).resolve()
         assert dest.is_file(), f"{page.name} redirects to {target}, which was not built"
         assert dest.relative_to(BUILD.resolve()).as_posix() in PAGES
+
+
+def test_stale_screenshots_are_those_of_pages_no_longer_built(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "SHOTS", tmp_path)
+    for name in ("book__intro.png", "book___executed__gone.png", "index.png"):
+        (tmp_path / name).write_bytes(b"png")
+    assert stale_shots(["book/intro.html"]) == [tmp_path / "book___executed__gone.png", tmp_path / "index.png"]
 
 
 def test_redirect_detection(tmp_path):

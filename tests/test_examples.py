@@ -362,10 +362,30 @@ def test_hvp_auto_mode_falls_back(if_setup, monkeypatch):
     def broken(self, xb, V, batched):
         raise RuntimeError("no double backward for this model")
 
-    monkeypatch.setattr(E._Engine, "_hvp_double", broken)
-    with pytest.warns(RuntimeWarning, match="'double' mode failed"):
+    monkeypatch.setattr(E._Engine, "_hvp_double", broken)   # the loop and the batched mode both use it
+    with pytest.warns(RuntimeWarning) as record:
         got = E.lissa_inverse_hvp(s["model"], MSE, s["g_train"], s["hvp_x"], damp=0.0, scale=1.0,
                                   recursion_depth=1, batch_size=None, device="cpu")
+    messages = [str(w.message) for w in record if "mode failed" in str(w.message)]
+    assert len(messages) == 2 and "'loop' mode failed" in messages[0] and "trying 'double'" in messages[0]
+    assert "'double' mode failed" in messages[1] and "trying 'forward'" in messages[1]
+    torch.testing.assert_close(got, 2 * s["g_train"] - s["g_train"] @ s["H"], rtol=1e-9, atol=1e-12)
+
+
+def test_hvp_auto_mode_uses_the_loop_on_cpu(if_setup, monkeypatch):
+    """On the CPU "auto" takes one double-backward call per vector (the fastest there), not the batched call."""
+    s = if_setup
+    calls = []
+    orig = E._Engine._hvp_double
+
+    def spy(self, xb, V, batched):
+        calls.append(batched)
+        return orig(self, xb, V, batched)
+
+    monkeypatch.setattr(E._Engine, "_hvp_double", spy)
+    got = E.lissa_inverse_hvp(s["model"], MSE, s["g_train"], s["hvp_x"], damp=0.0, scale=1.0, recursion_depth=1,
+                              batch_size=None, chunk_size=2, device="cpu")
+    assert calls and not any(calls)
     torch.testing.assert_close(got, 2 * s["g_train"] - s["g_train"] @ s["H"], rtol=1e-9, atol=1e-12)
 
 

@@ -655,8 +655,8 @@ def influence_functions(
     weights, in eval mode. ``hvp_x`` is the set minibatches are drawn from (ORIG: the full train set).
 
     Cost: ``recursion_depth × n_train`` HVPs of a ``batch_size`` minibatch, ``hvp_chunk_size`` vectors
-    sharing each minibatch's gradient graph, then one ``(n_test × P) @ (P × chunk)`` product per chunk. Nothing is written to
-    disk and the ``(n_train, P)`` LiSSA matrix is never held whole.
+    sharing each minibatch's gradient graph, then one ``(n_test × P) @ (P × chunk)`` product per chunk.
+    Nothing is written to disk and the ``(n_train, P)`` LiSSA matrix is never held whole.
     """
     train_x, test_x = _as_tensor(train_x, "train_x"), _as_tensor(test_x, "test_x")
     hvp_x = _as_tensor(hvp_x, "hvp_x")

@@ -690,17 +690,16 @@ def render_results(outcomes: Sequence[Outcome], chapters_: Sequence[Chapter], la
         table = pd.concat(frames, ignore_index=True)
         # The criterion and the anchor repeat across a claim's rows: each distinct (anchor, source, criterion) is
         # written once under the table and the rows point at it, so the table keeps readable column widths.
-        notes: list[tuple[str, str, str]] = []
+        notes: dict[tuple[str, str, str], int] = {}   # (anchor, source, criterion) -> its number, in first-seen order
         lines += [f"### {c.title}", "", "| dataset | quantity | ours | verdict | anchor & criterion |",
                   "|---|---|---|---|---|"]
         for r in table.to_dict("records"):
             note = (r.get("anchor", ""), r.get("anchor_source", ""), r.get("criterion", ""))
-            if note not in notes:
-                notes.append(note)
+            number = notes.setdefault(note, len(notes) + 1)
             lines.append(f"| {r['page']} | {_md(r.get('quantity', ''))} | {_md(r.get('ours', ''))} | "
-                         f"**{_md(r.get('verdict', ''))}** | [{notes.index(note) + 1}] |")
+                         f"**{_md(r.get('verdict', ''))}** | [{number}] |")
         lines.append("")
-        for i, (anchor, source, criterion) in enumerate(notes, 1):
+        for (anchor, source, criterion), i in notes.items():
             lines.append(f"{i}. **Anchor:** {_md(anchor) or '—'}" + (f" (*{_md(source)}*)" if source else "")
                          + f". **Criterion:** {_md(criterion) or '—'}")
         lines.append("")

@@ -17,6 +17,9 @@ from ._utils import atomic_write
 
 SUMMARY_COLUMNS = ["claim", "dataset", "model", "quantity", "ours", "anchor", "anchor_source", "criterion", "verdict"]
 VERDICTS = ("holds", "does not hold", "inconclusive")
+#: first word of the last row of ``bench/results/book_timings.csv``: the whole build's wall time
+#: (written by :func:`lfxai_utils.book.write_timings`, read by :func:`render_performance`)
+TIMINGS_TOTAL = "total"
 
 
 @dataclass
@@ -202,7 +205,7 @@ def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
                 shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:,.1f}")
         lines += [_md_table(shown.fillna("")), ""]
         if "seconds" in bt.columns and pd.api.types.is_numeric_dtype(bt["seconds"]):
-            is_total = bt.iloc[:, 0].astype(str).str.startswith("total")
+            is_total = bt.iloc[:, 0].astype(str).str.startswith(TIMINGS_TOTAL)
             if is_total.any():  # written by `python -m lfxai_utils.book --record-timings`: the build's own wall time
                 total = float(bt.loc[is_total, "seconds"].iloc[-1])
                 pages = bt.loc[~is_total, "seconds"].sum()

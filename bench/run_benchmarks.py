@@ -147,6 +147,19 @@ class SyntheticFallbackRefused(SystemExit):
     """The real model or data is missing and the user did not ask for the labelled synthetic stand-in."""
 
 
+def split_note(method: str, batch_size: int) -> str:
+    """How our call splits each batch on the CPU (lfxai_utils.features.CPU_PROBES_PER_PASS), for the notes column."""
+    import captum.attr as CA
+
+    chunk = F._auto_chunk(getattr(CA, FEATURE_METHODS[method]), {}, CPU)
+    if chunk is None or chunk >= batch_size:
+        return ""
+    per = F.CPU_PROBES_PER_PASS // chunk
+    return (f"; ours splits each batch of {batch_size} into captum calls of {chunk} images "
+            f"(≤ {F.CPU_PROBES_PER_PASS:,} probes per forward pass{f', {per} steps each' if per > 1 else ''}), "
+            "which keeps the activations in cache; the authors pass the whole batch")
+
+
 def require_real(what: str, why: str, args) -> None:
     """Refuse to benchmark on random weights / random images unless asked (``--allow-synthetic``, or ``--quick``):
     a results CSV from random inputs is easy to mistake for the real benchmark."""
@@ -276,7 +289,7 @@ class Bench:
                          ours_timing="measured", authors_s=theirs.median, authors_runs=theirs.runs,
                          authors_timing="measured", target=1.0,
                          agreement_metric="max|ours - authors| / max|authors|", agreement_value=ag["rel_to_scale"],
-                         tolerance=SAME_TOL, notes=f"max|Δ| = {ag['max_abs']:.2e}")
+                         tolerance=SAME_TOL, notes=f"max|Δ| = {ag['max_abs']:.2e}{split_note(name, a.batch_size)}")
                 continue
             # GradientSHAP: ours re-run with the authors' (mis-)pairing and the same seed must equal theirs;
             # the correctly paired result differs from theirs by construction.

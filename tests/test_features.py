@@ -253,3 +253,54 @@ def test_errors():
     with pytest.raises(ValueError, match="baseline"):
         label_free_attribution(enc, x, "integrated_gradients", torch.zeros(3, 5))
     assert FEATURE_METHODS == ("integrated_gradients", "gradient_shap", "saliency", "random")
+
+
+class _BatchSizes(nn.Module):
+    """Records the size of every batch the wrapped encoder sees."""
+
+    def __init__(self, enc):
+        super().__init__()
+        self.enc, self.sizes = enc, []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.enc(x)
+
+
+@pytest.mark.parametrize("method,kw,per_example", [("integrated_gradients", {"n_steps": 8}, 8),
+                                                   ("saliency", {}, 1)])
+def test_cpu_split_bounds_probes_per_pass_and_keeps_the_result(monkeypatch, method, kw, per_example):
+    import lfxai_utils.features as F
+
+    x = torch.rand(11, 3, 8, 8)
+    rec = _BatchSizes(conv_encoder())
+    monkeypatch.setattr(F, "CPU_PROBES_PER_PASS", None)
+    whole = label_free_attribution(rec, x, method, **kw)
+    assert max(rec.sizes) == 11 * per_example  # one pass over every probe (after the one pass computing f(x))
+    for budget in (3 * per_example, 4 * per_example + 1):
+        monkeypatch.setattr(F, "CPU_PROBES_PER_PASS", budget)
+        rec.sizes.clear()
+        split = label_free_attribution(rec, x, method, **kw)
+        probe_passes = rec.sizes[1:]
+        assert max(probe_passes) <= budget and sum(probe_passes) == 11 * per_example
+        torch.testing.assert_close(split, whole, atol=1e-6, rtol=1e-5)
+        rec.sizes.clear()
+        units = per_unit_attribution(rec, x, method, **kw)
+        assert max(rec.sizes[1:]) <= budget
+        monkeypatch.setattr(F, "CPU_PROBES_PER_PASS", None)
+        torch.testing.assert_close(units, per_unit_attribution(rec, x, method, **kw), atol=1e-6, rtol=1e-5)
+
+
+def test_cpu_split_leaves_random_methods_and_explicit_batches_alone(monkeypatch):
+    import lfxai_utils.features as F
+
+    monkeypatch.setattr(F, "CPU_PROBES_PER_PASS", 4)
+    x = torch.rand(6, 3, 8, 8)
+    rec = _BatchSizes(conv_encoder())
+    label_free_attribution(rec, x, "gradient_shap", generator=torch.Generator().manual_seed(0))
+    assert rec.sizes[1:] == [6 * 5]  # GradientShap's random draws would change with a split: one pass
+    rec.sizes.clear()
+    label_free_attribution(rec, x, "integrated_gradients", n_steps=8, internal_batch_size=16)
+    passes = rec.sizes[1:]  # captum's own split of the 48 probes (whole steps: 2 x 6) wins over the automatic one
+    assert sum(passes) == 48 and max(passes) <= 16 and min(passes) > 4
+    assert F._auto_chunk(IntegratedGradients, {"n_steps": 8}, torch.device("cuda")) is None  # GPUs: one pass

@@ -3,6 +3,8 @@
 Nothing here imports ``lfxai``; ``tests/test_bench.py`` checks every function on hand-computed cases.
 
 * :func:`time_calls` — median wall time of several repetitions (an optional untimed warm-up first).
+* :func:`time_interleaved` — the same for two implementations of one workload, run by run in alternating
+  order; :func:`speedup_range` — the spread of the per-repetition ratios.
 * :func:`agreement`, :func:`elementwise_agreement`, :func:`mask_agreement` — how close two results are.
 * :class:`PhaseRecorder` + :func:`extrapolate` — time the phases of a loop-based implementation on a
   subset and scale each phase by how its work grows (linear in examples, quadratic in pairs).
@@ -30,7 +32,9 @@ __all__ = [
     "CSV_COLUMNS",
     "Timing",
     "time_calls",
+    "time_interleaved",
     "speedup",
+    "speedup_range",
     "agreement",
     "elementwise_agreement",
     "mask_agreement",
@@ -46,7 +50,8 @@ __all__ = [
 # One row per benchmark in bench/results/benchmarks.csv (report.render_performance reads these names).
 CSV_COLUMNS = [
     "benchmark", "workload", "ours_s", "ours_runs", "ours_timing", "authors_s", "authors_runs", "authors_timing",
-    "speedup", "target", "meets_target", "agreement_metric", "agreement_value", "tolerance", "agrees", "notes",
+    "speedup", "speedup_min", "speedup_max", "target", "meets_target", "agreement_metric", "agreement_value",
+    "tolerance", "agrees", "notes",
 ]
 
 
@@ -88,6 +93,42 @@ def time_calls(fn: Callable[[], Any], repeats: int = 3, *, warmup: bool = False,
         result = fn()
         seconds.append(clock() - t0)
     return Timing(seconds, result)
+
+
+def time_interleaved(ours: Callable[[], Any], authors: Callable[[], Any], repeats: int = 3, *,
+                     warmup: tuple[bool, bool] = (True, True), before: Callable[[], None] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> tuple[Timing, Timing]:
+    """Time two implementations of one workload run by run, in alternating order (ours, authors; authors,
+    ours; ...), so that a slow drift of the machine (another process, the CPU clock) falls on both alike and
+    repetition ``i`` of each forms a pair. ``warmup`` = (ours, authors): one untimed call first; ``before``
+    runs untimed before every call. Returns the two :class:`Timing` (ours, authors)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats}")
+    fns = (ours, authors)
+    for fn, w in zip(fns, warmup):
+        if w:
+            if before is not None:
+                before()
+            fn()
+    seconds: tuple[list[float], list[float]] = ([], [])
+    results: list[Any] = [None, None]
+    for i in range(repeats):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            if before is not None:
+                before()
+            t0 = clock()
+            results[k] = fns[k]()
+            seconds[k].append(clock() - t0)
+    return Timing(seconds[0], results[0]), Timing(seconds[1], results[1])
+
+
+def speedup_range(ours_seconds: Sequence[float], authors_seconds: Sequence[float]) -> tuple[float, float]:
+    """Lowest and highest ``authors_i / ours_i`` over paired repetitions (from :func:`time_interleaved`);
+    ``(nan, nan)`` when the runs are not paired (different counts, or none)."""
+    if not ours_seconds or len(ours_seconds) != len(authors_seconds) or min(ours_seconds) <= 0:
+        return float("nan"), float("nan")
+    ratios = [a / o for o, a in zip(ours_seconds, authors_seconds)]
+    return float(min(ratios)), float(max(ratios))
 
 
 def speedup(ours_s: float, authors_s: float) -> float:
@@ -241,19 +282,22 @@ def _fmt(v: float, digits: int = 2) -> str:
 def summary_row(benchmark: str, workload: str, ours_s: float, ours_runs: int, ours_timing: str,
                 authors_s: float | None, authors_runs: int, authors_timing: str, target: float | None,
                 agreement_metric: str = "", agreement_value: float | None = None, tolerance: float | None = None,
-                notes: str = "") -> dict[str, Any]:
+                notes: str = "", pairs: tuple[Sequence[float], Sequence[float]] | None = None) -> dict[str, Any]:
     """One CSV row; ``speedup``, ``meets_target`` and ``agrees`` are computed here, never typed by hand.
 
     ``agrees`` is ``agreement_value <= tolerance`` (empty when either is missing); ``meets_target`` is
-    ``speedup >= target`` (empty without a target).
+    ``speedup >= target`` (empty without a target). ``pairs`` = (ours seconds, authors seconds) of
+    interleaved runs gives ``speedup_min`` / ``speedup_max`` (:func:`speedup_range`; NaN without).
     """
     sp = speedup(ours_s, authors_s if authors_s is not None else float("nan"))
+    lo, hi = speedup_range(*pairs) if pairs is not None else (float("nan"), float("nan"))
     meets = "" if target is None or math.isnan(sp) else bool(sp >= target)
     agrees = "" if agreement_value is None or tolerance is None else bool(agreement_value <= tolerance)
     return {
         "benchmark": benchmark, "workload": workload, "ours_s": ours_s, "ours_runs": ours_runs,
         "ours_timing": ours_timing, "authors_s": authors_s, "authors_runs": authors_runs,
-        "authors_timing": authors_timing, "speedup": sp, "target": target, "meets_target": meets,
+        "authors_timing": authors_timing, "speedup": sp, "speedup_min": lo, "speedup_max": hi, "target": target,
+        "meets_target": meets,
         "agreement_metric": agreement_metric, "agreement_value": agreement_value, "tolerance": tolerance,
         "agrees": agrees, "notes": notes,
     }

@@ -271,13 +271,11 @@ class Bench:
             work = (f"{len(x):,} MNIST test images, batches of {a.batch_size}, zero baseline, captum defaults "
                     f"({'50 Gauss-Legendre steps' if name == 'integrated_gradients' else '5 samples' if name == 'gradient_shap' else 'abs=True'})")
             seed = (lambda: _seed(a.seed)) if name == "gradient_shap" else None
-            log(f"{label}: ours")
-            ours = H.time_calls(lambda: F.attribute_dataset(enc, x, name, None, batch_size=a.batch_size, device=CPU,
-                                                            progress=False),
-                                a.repeats, warmup=True, before=seed)
-            log(f"{label}: authors")
-            theirs = H.time_calls(lambda: self.lf.attribute_auxiliary(enc, dl, CPU, cls(enc), baseline=base),
-                                  a.repeats, warmup=True, before=seed)
+            log(f"{label}: ours / authors, interleaved")
+            ours, theirs = H.time_interleaved(
+                lambda: F.attribute_dataset(enc, x, name, None, batch_size=a.batch_size, device=CPU, progress=False),
+                lambda: self.lf.attribute_auxiliary(enc, dl, CPU, cls(enc), baseline=base),
+                a.repeats, before=seed)
             self.record(label, "ours", ours, work)
             self.record(label, "authors", theirs, work)
             ref = torch.from_numpy(theirs.result)
@@ -289,7 +287,8 @@ class Bench:
                          ours_timing="measured", authors_s=theirs.median, authors_runs=theirs.runs,
                          authors_timing="measured", target=1.0,
                          agreement_metric="max|ours - authors| / max|authors|", agreement_value=ag["rel_to_scale"],
-                         tolerance=SAME_TOL, notes=f"max|Δ| = {ag['max_abs']:.2e}{split_note(name, a.batch_size)}")
+                         tolerance=SAME_TOL, notes=f"max|Δ| = {ag['max_abs']:.2e}{split_note(name, a.batch_size)}",
+                         pairs=(ours.seconds, theirs.seconds))
                 continue
             # GradientSHAP: ours re-run with the authors' (mis-)pairing and the same seed must equal theirs;
             # the correctly paired result differs from theirs by construction.
@@ -304,7 +303,8 @@ class Bench:
                      agreement_value=ag_pub["rel_to_scale"], tolerance=SAME_TOL,
                      notes=(f"timed: ours with the correct pairing. Correct pairing vs authors differs by "
                             f"max|Δ|/max|authors| = {ag_fix['rel_to_scale']:.2f} (lfxai pairs the probes of image i "
-                            "with the representation of image (5i+s) mod B; see the linear-encoder rows)"))
+                            "with the representation of image (5i+s) mod B; see the linear-encoder rows)"),
+                     pairs=(ours.seconds, theirs.seconds))
         self.linear_gradshap()
 
     def linear_gradshap(self) -> None:
@@ -324,12 +324,12 @@ class Bench:
         from captum.attr import GradientShap
 
         work = f"{len(x):,} MNIST test images, linear encoder 784→4 (seed {a.seed}), batches of {a.batch_size}"
-        ours = H.time_calls(lambda: F.attribute_dataset(enc, x, "gradient_shap", None, batch_size=a.batch_size,
-                                                        device=CPU, progress=False),
-                            a.repeats, warmup=True, before=lambda: _seed(a.seed))
-        theirs = H.time_calls(lambda: self.lf.attribute_auxiliary(enc, loader(x, y, a.batch_size), CPU,
-                                                                  GradientShap(enc), baseline=torch.zeros(1, *x.shape[1:])),
-                              a.repeats, warmup=True, before=lambda: _seed(a.seed))
+        ours, theirs = H.time_interleaved(
+            lambda: F.attribute_dataset(enc, x, "gradient_shap", None, batch_size=a.batch_size, device=CPU,
+                                        progress=False),
+            lambda: self.lf.attribute_auxiliary(enc, loader(x, y, a.batch_size), CPU, GradientShap(enc),
+                                                baseline=torch.zeros(1, *x.shape[1:])),
+            a.repeats, before=lambda: _seed(a.seed))
         label = "GradientSHAP, linear encoder"
         self.record(label, "ours", ours, work)
         self.record(label, "authors", theirs, work)
@@ -340,7 +340,7 @@ class Bench:
                  ours_timing="measured", authors_s=theirs.median, authors_runs=theirs.runs, authors_timing="measured",
                  target=1.0, agreement_metric="max|ours - exact| / max|exact|, exact = x ⊙ Wᵀf(x)",
                  agreement_value=ag_ours["rel_to_scale"], tolerance=SAME_TOL,
-                 notes=f"max|Δ| = {ag_ours['max_abs']:.2e}")
+                 notes=f"max|Δ| = {ag_ours['max_abs']:.2e}", pairs=(ours.seconds, theirs.seconds))
         self.add(benchmark=label + ": lfxai 0.1.1 vs closed form", workload=work, ours_s=None, ours_runs=0,
                  ours_timing="", authors_s=None, authors_runs=0, authors_timing="", target=None,
                  agreement_metric="max|authors - exact| / max|exact|", agreement_value=ag_theirs["rel_to_scale"],
@@ -359,9 +359,10 @@ class Bench:
         ks = [int(f * d + 1e-9) for f in FRACTIONS]
         work = f"top-k masks of {len(attr):,} IG attribution maps (28×28), k = {ks}"
         label = "Top-k masking (Claim 1.1)"
-        log(f"{label}: ours / authors")
-        ours = H.time_calls(lambda: [M.topk_mask(M.feature_scores(attr), k) for k in ks], a.repeats, warmup=True)
-        theirs = H.time_calls(lambda: [self.lm.generate_masks(attr_np, k) for k in ks], a.repeats, warmup=False)
+        log(f"{label}: ours / authors, interleaved")
+        ours, theirs = H.time_interleaved(lambda: [M.topk_mask(M.feature_scores(attr), k) for k in ks],
+                                          lambda: [self.lm.generate_masks(attr_np, k) for k in ks],
+                                          a.repeats, warmup=(True, False))
         self.record(label, "ours", ours, work)
         self.record(label, "authors", theirs, work)
         stats = [H.mask_agreement(o, t) for o, t in zip(ours.result, theirs.result)]
@@ -370,7 +371,8 @@ class Bench:
         self.add(benchmark=label, workload=work, ours_s=ours.median, ours_runs=ours.runs, ours_timing="measured",
                  authors_s=theirs.median, authors_runs=theirs.runs, authors_timing="measured", target=50.0,
                  agreement_metric="fraction of mask entries that differ", agreement_value=frac_diff, tolerance=0.0,
-                 notes=f"identical masks for {rows_eq:.1%} of (image, k) pairs")
+                 notes=f"identical masks for {rows_eq:.1%} of (image, k) pairs",
+                 pairs=(ours.seconds, theirs.seconds))
 
     # -- representation-based example importance --------------------------------------------------------------
     def representation(self) -> None:
@@ -379,14 +381,15 @@ class Bench:
         work = (f"{len(s.train_x):,} train × {a.n_test:,} test MNIST images, encoder d=4; authors' loaders of "
                 "batch 1 (as ORIG), encoding included")
         for method, label in (("simplex", "SimplEx"), ("dknn", "DKNN")):
-            log(f"{label}: ours / authors")
-            ours = H.time_calls(lambda: E.example_importance(method, s.model, None, s.train_x, s.test_x[: a.n_test],
-                                                             device=CPU, **({"progress": False} if method == "simplex" else {})),
-                                a.repeats, warmup=method == "dknn")
+            log(f"{label}: ours / authors, interleaved")
             cls = self.le.SimplEx if method == "simplex" else self.le.NearestNeighbours
-            with authors_hooks(self.le):
-                theirs = H.time_calls(lambda: cls(s.model).attribute_loader(CPU, tr1, te1, batch_size=50),
-                                      a.repeats, warmup=False)
+            kw = {"progress": False} if method == "simplex" else {}
+            with authors_hooks(self.le):  # patches lfxai's module globals only: our calls do not touch them
+                ours, theirs = H.time_interleaved(
+                    lambda: E.example_importance(method, s.model, None, s.train_x, s.test_x[: a.n_test], device=CPU,
+                                                 **kw),
+                    lambda: cls(s.model).attribute_loader(CPU, tr1, te1, batch_size=50),
+                    a.repeats, warmup=(method == "dknn", False))
             self.record(label, "ours", ours, work)
             self.record(label, "authors", theirs, work)
             if method == "simplex":
@@ -400,7 +403,8 @@ class Bench:
                 note = f"median element-wise relative difference {ag['median_rel']:.1e}"
             self.add(benchmark=label, workload=work, ours_s=ours.median, ours_runs=ours.runs, ours_timing="measured",
                      authors_s=theirs.median, authors_runs=theirs.runs, authors_timing="measured", target=None,
-                     agreement_metric=metric, agreement_value=value, tolerance=SAME_TOL, notes=note)
+                     agreement_metric=metric, agreement_value=value, tolerance=SAME_TOL, notes=note,
+                     pairs=(ours.seconds, theirs.seconds))
 
     # -- TracIn ---------------------------------------------------------------------------------------------
     def tracin(self) -> None:

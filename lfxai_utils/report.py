@@ -87,11 +87,21 @@ def _perf_bool(v) -> bool | None:
     return True if s == "true" else False if s == "false" else None
 
 
+def _perf_ratio(v) -> str:
+    try:
+        big = float(v or "nan") >= 100
+    except (TypeError, ValueError):
+        big = False
+    return _perf_num(v, "{:,.0f}×" if big else "{:,.1f}×")
+
+
 def _perf_speedup(row) -> str:
-    sp = _perf_num(row["speedup"], "{:,.1f}×") if float(row["speedup"] or "nan") < 100 else \
-        _perf_num(row["speedup"], "{:,.0f}×")
+    sp = _perf_ratio(row["speedup"])
     if not sp:
         return "—"
+    lo, hi = (_perf_ratio(row.get(c, "")) for c in ("speedup_min", "speedup_max"))
+    if lo and hi:
+        sp += f", runs {lo}–{hi}"
     target, meets = _perf_num(row["target"], "{:g}×"), _perf_bool(row["meets_target"])
     if target and meets is not None:
         sp += f" (target ≥ {target}: {'met' if meets else '**not met**'})"
@@ -125,8 +135,9 @@ def _perf_load_warning(machine: str) -> str | None:
     if not cores or not loads or max(loads) <= int(cores.group(1)):
         return None
     return (f"The 1-minute load average reached {max(loads):.1f} on {cores.group(1)} cores while the benchmark ran: "
-            "other work shared the CPU, so absolute times are inflated and noisier than on an idle machine. Both "
-            "implementations ran interleaved in the same process, so the ratios are less affected.")
+            "other work shared the CPU, so absolute times are inflated and noisier than on an idle machine. Where a "
+            "row gives the range of its runs, the two implementations alternated run by run in the same process, "
+            "so their ratios are less affected.")
 
 
 def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
@@ -156,7 +167,10 @@ def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
             "`make bench` (`bench/run_benchmarks.py`) runs this implementation and the authors' package "
             "(`lfxai` 0.1.1 from PyPI) **in one process, on the same model weights and the same input tensors**, "
             "and compares both the time per call and the results. *Speed-up* is the authors' time divided by ours "
-            "(above 1: ours is faster); times are medians of the repeated runs, in seconds, wall clock. "
+            "(above 1: ours is faster); times are medians of the repeated runs, in seconds, wall clock. Where both "
+            "sides are cheap enough to repeat, they alternate run by run (ours, lfxai; lfxai, ours; …) and the "
+            "column also gives the lowest and highest ratio of the paired runs: a spread across 1× means the two "
+            "are equally fast within this machine's noise. "
             "*Agreement* compares the two outputs; the tolerance is stated per row and the verdict is computed by "
             "the script. The targets are those of the project's issue 12 (≥ 1× for feature attribution, ≥ 50× for "
             "masking, ≥ 100× for TracIn and influence functions).", "",

@@ -37,6 +37,38 @@ def test_time_calls_median_warmup_and_before():
         H.time_calls(lambda: None, repeats=0)
 
 
+def test_time_interleaved_alternates_and_pairs_runs():
+    order, clock_t = [], [0.0]
+
+    def clock():
+        return clock_t[0]
+
+    def make(name, cost):
+        def fn():
+            order.append(name)
+            clock_t[0] += cost
+            return name
+        return fn
+
+    ours, theirs = H.time_interleaved(make("o", 1.0), make("a", 3.0), repeats=4, warmup=(True, False),
+                                      before=lambda: order.append("b"), clock=clock)
+    calls = [c for c in order if c != "b"]
+    assert calls == ["o", "o", "a", "a", "o", "o", "a", "a", "o"]  # warm-up (ours only), then o a | a o | o a | a o
+    assert order.count("b") == len(calls)  # ``before`` ahead of every call, warm-up included
+    assert ours.seconds == [1.0] * 4 and theirs.seconds == [3.0] * 4 and (ours.result, theirs.result) == ("o", "a")
+    with pytest.raises(ValueError):
+        H.time_interleaved(lambda: None, lambda: None, repeats=0)
+
+
+def test_speedup_range():
+    assert H.speedup_range([1.0, 2.0, 4.0], [2.0, 3.0, 4.0]) == (1.0, 2.0)
+    assert all(math.isnan(v) for v in H.speedup_range([1.0], [1.0, 2.0]))
+    assert all(math.isnan(v) for v in H.speedup_range([], []))
+    r = H.summary_row("IG", "w", 2.0, 2, "measured", 3.0, 2, "measured", 1.0, pairs=([2.0, 1.0], [2.0, 4.0]))
+    assert (r["speedup_min"], r["speedup_max"]) == (1.0, 4.0) and r["speedup"] == 1.5
+    assert math.isnan(H.summary_row("x", "w", 1.0, 1, "", 2.0, 1, "", None)["speedup_min"])
+
+
 def test_speedup():
     assert H.speedup(2.0, 10.0) == 5.0
     assert math.isnan(H.speedup(0.0, 1.0)) and math.isnan(H.speedup(None, 1.0))
@@ -192,7 +224,7 @@ def _results_dir(tmp_path: Path) -> Path:
         H.summary_row("TracIn", "1,000 × 1,000", 2.0, 3, "measured", 500.0, 1,
                       "EXTRAPOLATED from a measured 100 × 100 run", 100.0, "max rel", 1e-6, 1e-4, "n1"),
         H.summary_row("Label-free IG", "1,000 images", 4.0, 5, "measured", 2.0, 5, "measured", 1.0,
-                      "max rel", 0.0, 1e-4, "n2"),
+                      "max rel", 0.0, 1e-4, "n2", pairs=([4.0, 4.0, 2.0], [2.0, 1.6, 2.4])),
         H.summary_row("GradientSHAP, linear encoder: lfxai 0.1.1 vs closed form", "w", None, 0, "", None, 0, "",
                       None, "max rel", 0.8, 1e-4, "n3"),
     ]
@@ -209,7 +241,8 @@ def test_render_performance_page(tmp_path):
     assert page.startswith("# Performance")
     assert "![" in page and "(../../bench/results/speedups.png)" in page
     assert "| TracIn |" in page and "≈ 500 ¹" in page and "250×" in page and "target ≥ 100×: met" in page
-    assert "0.5× (target ≥ 1×: **not met**)" in page
+    assert "0.5×, runs 0.4×–1.2× (target ≥ 1×: **not met**)" in page
+    assert "250× (target" in page  # no range for a row without paired runs
     assert "**differs**" in page and "**agrees**" in page
     assert "Extrapolated, not measured at full size" in page and "EXTRAPOLATED from a measured 100 × 100 run" in page
     assert "{warning}" in page and "load average reached 5.0 on 2 cores" in page

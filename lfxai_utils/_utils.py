@@ -18,6 +18,12 @@ import torch
 
 PathLike = Union[str, os.PathLike]
 
+#: the verdicts a claim's check can reach (``report.Verdict``; counted on the book's pages by ``book``)
+VERDICTS = ("holds", "does not hold", "inconclusive")
+#: first word of the last row of ``bench/results/book_timings.csv``: the whole build's wall time
+#: (written by :func:`lfxai_utils.book.write_timings`, read by :func:`lfxai_utils.report.render_performance`)
+TIMINGS_TOTAL = "total"
+
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
     """Return a :class:`torch.device`; ``"auto"``/``None`` picks CUDA when present, else CPU."""

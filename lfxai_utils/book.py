@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from ._utils import atomic_write
+from ._utils import TIMINGS_TOTAL, VERDICTS, atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("inference", "train")
@@ -44,7 +44,6 @@ MODES = ("inference", "train")
 _NOT_CODE = {"book.py", "book_sphinx.py"}
 DATASET_LABELS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
                   "dsprites": "dSprites"}
-VERDICTS = ("holds", "does not hold", "inconclusive")
 #: kernel options: no "running over TCP without encryption" warning in the middle of the progress lines
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
@@ -974,7 +973,7 @@ def write_timings(path: Path, outcomes: Sequence[Outcome], total: float, *, html
     rows = [{"page": o.page.key, "status": o.status, "seconds": round(o.seconds, 1) if o.seconds else None,
              "when": o.when} for o in outcomes]
     html = "" if html_rc is None else (" + HTML" if html_rc == 0 else " + HTML (failed)")
-    rows.append({"page": f"total: this build ({len(outcomes)} pages{html}, {_machine()})", "status": "",
+    rows.append({"page": f"{TIMINGS_TOTAL}: this build ({len(outcomes)} pages{html}, {_machine()})", "status": "",
                  "seconds": round(total, 1), "when": _dt.datetime.now().isoformat(timespec="seconds")})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as f:

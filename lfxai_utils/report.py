@@ -13,13 +13,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from ._utils import atomic_write
+from ._utils import TIMINGS_TOTAL, VERDICTS, atomic_write
 
 SUMMARY_COLUMNS = ["claim", "dataset", "model", "quantity", "ours", "anchor", "anchor_source", "criterion", "verdict"]
-VERDICTS = ("holds", "does not hold", "inconclusive")
-#: first word of the last row of ``bench/results/book_timings.csv``: the whole build's wall time
-#: (written by :func:`lfxai_utils.book.write_timings`, read by :func:`render_performance`)
-TIMINGS_TOTAL = "total"
 
 
 @dataclass
@@ -206,6 +202,7 @@ def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
             lines += [f"![Speed-up over lfxai 0.1.1 per benchmark (log scale)]({rel})", ""]
         if (results_dir / "runs.csv").exists():
             lines += ["Every timed run is listed in `bench/results/runs.csv`.", ""]
+    lines += _render_if_budget(results_dir / "if_budget.csv")
     timings = results_dir / "book_timings.csv"
     lines += ["## Building the book", ""]
     if timings.exists():
@@ -231,6 +228,43 @@ def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
     else:
         lines += ["No book timings are present in this build (`bench/results/book_timings.csv`).", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_if_budget(csv: Path) -> list[str]:
+    """The "Influence functions: the book's budget" section, from ``bench/if_budget.py``'s CSV."""
+    lines = ["(if-budget)=", "## Influence functions: the book's budget against the paper's", ""]
+    if not csv.exists():
+        return lines + ["No comparison is present in this build (`bench/results/if_budget.csv`); "
+                        "`make if-budget` computes it.", ""]
+    df = pd.read_csv(csv)
+    ref = df.iloc[0]
+    lines += [
+        f"The Claim 1.2 page runs influence functions with a reduced LiSSA budget to fit a 2-core CPU. "
+        f"`make if-budget` (`bench/if_budget.py`) computed them at each budget below on the same shipped model "
+        f"(`{ref['model']}`) and the same examples ({int(ref['n_train']):,} train × {int(ref['n_test']):,} test; "
+        f"{ref['data']}), with damping 1e-3 and scale 1,000 as the paper. *Spearman* is the correlation, per test "
+        "example, between the ranking of the training set at that budget and at the paper's budget (mean and "
+        "lowest over test examples); the similarity rates are those of Claim 1.2 (share of the most / least "
+        f"important 5 % and 10 % of training images with the test image's label: k = "
+        f"{int(0.05 * ref['n_train'] + 1e-9)} and {int(0.1 * ref['n_train'] + 1e-9)} images here).", ""]
+    shown = pd.DataFrame({
+        "budget": df["budget"],
+        "LiSSA depth": df["recursion_depth"].astype(int),
+        "HVP minibatch": df["hvp_batch"].astype(int),
+        "time (s)": df["seconds"].map(lambda v: f"{v:,.1f}"),
+        "Spearman with the paper's budget: mean (lowest)": [f"{m:.4f} ({lo:.4f})" for m, lo in
+                                                            zip(df["spearman_mean"], df["spearman_min"])],
+        **{f"{t} {f} %": df[f"{t}_{f}"].map(lambda v: f"{v:.3f}") for f in (5, 10) for t in ("most", "least")},
+    })
+    lines += [_md_table(shown), ""]
+    rate_cols = [f"{t}_{f}" for f in (5, 10) for t in ("most", "least")]
+    for i in range(1, len(df)):
+        diff = (df.loc[i, rate_cols] - df.loc[0, rate_cols]).astype(float)
+        worst = diff.abs().idxmax()
+        lines += [f"- {df.loc[i, 'budget']}: its similarity rates differ from the paper's budget's by at most "
+                  f"{abs(diff[worst]):.3f} ({worst.replace('_', ' ')} %: {df.loc[i, worst]:.3f} against "
+                  f"{df.loc[0, worst]:.3f})."]
+    return lines + [""]
 
 
 def machine_description() -> str:

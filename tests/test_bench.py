@@ -278,3 +278,39 @@ def test_bench_refuses_random_images_unless_asked(tmp_path, monkeypatch):
     args = RB.parse_args(["--n-train", "20", "--n-test", "20", "--n-features", "20", "--allow-synthetic"])
     setup = RB.build_setup(args, tmp_path)
     assert setup.data_label.startswith("RANDOM IMAGES") and setup.train_x.shape == (20, 1, 28, 28)
+
+
+def test_if_budget_budgets_follow_the_book_and_the_page_renders(tmp_path):
+    from bench import if_budget as IB
+    from lfxai_utils.experiments import CPU_BUDGETS
+
+    (ref_label, ref_depth, ref_batch), (_, depth, batch), (_, zero, _) = IB.budgets()
+    book = CPU_BUDGETS[(IB.NOTEBOOK, "mnist")]
+    assert (ref_depth, ref_batch) == (100, 300) and zero == 0
+    assert (depth, batch) == (book["if_recursion_depth"], book["if_batch_size"])
+    assert "No comparison is present" in render_performance(tmp_path)
+    rows = [{"budget": "paper (reference)", "recursion_depth": 100, "hvp_batch": 300, "n_train": 100, "n_test": 300,
+             "seconds": 280.5, "spearman_mean": 1.0, "spearman_min": 1.0, "most_5": 0.9, "least_5": 0.01,
+             "most_10": 0.85, "least_10": 0.02, "model": "m", "data": "d"},
+            {"budget": "book page", "recursion_depth": 2, "hvp_batch": 64, "n_train": 100, "n_test": 300,
+             "seconds": 1.25, "spearman_mean": 0.99912, "spearman_min": 0.98, "most_5": 0.9, "least_5": 0.0125,
+             "most_10": 0.85, "least_10": 0.02, "model": "m", "data": "d"}]
+    pd.DataFrame(rows, columns=IB.COLUMNS).to_csv(tmp_path / "if_budget.csv", index=False)
+    page = render_performance(tmp_path)
+    assert "(if-budget)=" in page and "100 train × 300 test" in page
+    assert "| book page | 2 | 64 | 1.2 | 0.9991 (0.9800) | 0.900 | 0.013 | 0.850 | 0.020 |" in page
+    assert "- book page: its similarity rates differ from the paper's budget's by at most 0.003 (least 5 %: 0.013 " \
+           "against 0.010)." in page
+
+
+def test_book_timings_round_trip_writer_to_performance_page(tmp_path):
+    """``book.write_timings`` marks the whole build's row so that ``render_performance`` finds it."""
+    from types import SimpleNamespace
+
+    from lfxai_utils import book
+
+    pages = [book.Outcome(SimpleNamespace(key=k), "executed", s, when="2026-01-01T00:00:00")
+             for k, s in (("a", 30.0), ("b", 50.0))]
+    book.write_timings(tmp_path / "book_timings.csv", pages, 95.0, html_rc=0)
+    page = render_performance(tmp_path)
+    assert "Whole build (the `total` row): 95 s (1.6 min), of which executing the pages took 80 s" in page

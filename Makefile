@@ -8,7 +8,7 @@ JOBS   ?= 2
 # extra arguments for the book builder, e.g. make book BOOK_ARGS="--only mnist"
 BOOK_ARGS ?=
 
-.PHONY: venv test test-fast book book-timings book-list notebooks bench checkpoints clean help
+.PHONY: venv test test-fast book book-timings book-list notebooks bench if-budget checkpoints clean help
 
 help:
 	@echo "make book         set up .venv, execute every notebook from the shipped checkpoints, build the HTML book"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast    the test suite without the slow notebook/browser tests"
 	@echo "make book-list    which pages of the book can run on this machine, and why the others cannot"
 	@echo "make bench        benchmarks against the authors' lfxai package"
+	@echo "make if-budget    influence functions at the book's reduced LiSSA budget vs the paper's (Performance page)"
 	@echo "make book-timings a full book build (every page re-executed) that records its times for the Performance page"
 	@echo "make checkpoints  retrain the shipped checkpoints (mode=train; BOOK_ARGS=\"--only KEY\" for one page)"
 
@@ -48,6 +49,9 @@ book-list: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps -r bench/requirements.txt
 	$(PY) bench/run_benchmarks.py
+
+if-budget: $(STAMP)
+	$(PY) bench/if_budget.py
 
 checkpoints: $(STAMP)
 	$(PY) -m lfxai_utils.book --train-checkpoints $(BOOK_ARGS)

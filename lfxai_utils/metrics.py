@@ -18,7 +18,7 @@ from ._utils import resolve_device
 
 __all__ = [
     "feature_scores", "topk_mask", "apply_mask", "representation_shift",
-    "similarity_rates", "label_prior", "correlation_matrices",
+    "similarity_rates", "label_prior", "rowwise_spearman", "correlation_matrices",
     "pearson_saliency", "spearman_saliency", "cosine_saliency", "entropy_saliency", "active_units",
     "saliency_metrics", "pixel_pearson",
 ]
@@ -188,6 +188,20 @@ def label_prior(train_labels: ArrayLike, test_labels: ArrayLike) -> float:
     p_tr = np.bincount(inv[: len(ytr)], minlength=m) / len(ytr)
     p_te = np.bincount(inv[len(ytr):], minlength=m) / len(yte)
     return float(p_tr @ p_te)
+
+
+def rowwise_spearman(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """Spearman correlation (average-rank ties) between row ``i`` of ``a`` and row ``i`` of ``b``, for every
+    row of two ``(n, m)`` score matrices, e.g. how alike two example-importance estimates rank the training set
+    for each test example. A row that is constant in either matrix gives NaN."""
+    x, y = _np(a).astype(np.float64), _np(b).astype(np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"expected two (n, m) matrices of one shape, got {x.shape} and {y.shape}")
+    x, y = _rank_rows(x.copy()), _rank_rows(y.copy())
+    x -= x.mean(1, keepdims=True)
+    y -= y.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(1) / np.sqrt((x * x).sum(1) * (y * y).sum(1))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from lfxai_utils.metrics import (
     entropy_saliency,
     feature_scores,
     label_prior,
+    rowwise_spearman,
     pearson_saliency,
     pixel_pearson,
     representation_shift,
@@ -214,3 +215,17 @@ def test_saliency_metrics_streaming_matches_one_chunk(monkeypatch):
     assert chunked == pytest.approx(whole, rel=1e-10)
     flat = S.swapaxes(0, 1).reshape(3, -1).astype(np.float64)
     assert whole["pearson"] == pytest.approx((np.corrcoef(flat).sum() - 3) / 6, rel=1e-10)
+
+
+def test_rowwise_spearman_matches_scipy_and_is_rank_based():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 40))
+    b = a + rng.normal(scale=0.7, size=a.shape)
+    b[2, :10] = b[2, 0]  # ties: average ranks, as scipy
+    got = rowwise_spearman(a, torch.as_tensor(b))
+    np.testing.assert_allclose(got, [spearmanr(a[i], b[i]).statistic for i in range(5)], rtol=1e-12)
+    np.testing.assert_allclose(rowwise_spearman(a, np.exp(3 * a)), 1.0)  # monotone maps keep the ranking
+    np.testing.assert_allclose(rowwise_spearman(a, -a), -1.0)
+    assert np.isnan(rowwise_spearman(np.ones((1, 4)), a[:1, :4])).all()
+    with pytest.raises(ValueError, match="one shape"):
+        rowwise_spearman(a, b[:, :3])

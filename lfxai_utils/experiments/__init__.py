@@ -53,7 +53,7 @@ def required_checkpoints(notebook: str, dataset: str, model: str | None = None,
 CPU_BUDGETS: dict[tuple[str, str], dict[str, Any]] = {
     ("claim1_feature_consistency", "mnist"): {"n_explain": 1000},
     ("claim1_feature_consistency", "ecg5000"): {"n_explain": 100},
-    # 1000 x 1000 as the paper; LiSSA depth 2 at batch 64 ranks like depth 30 at batch 300 (row Spearman 0.9994)
+    # 1000 x 1000 as the paper; LiSSA depth 2 at batch 64 instead of 100 at 300 (`make if-budget` compares the two)
     ("claim1_example_consistency", "mnist"): {"if_recursion_depth": 2, "if_batch_size": 64},
     # influence functions on the LSTM take ~2 s per Hessian-vector product on this CPU: left out of the page
     ("claim1_example_consistency", "ecg5000"): {"explainers": "tracin,simplex,dknn,cosine_nn"},

@@ -151,10 +151,10 @@ def split_note(method: str, batch_size: int) -> str:
     """How our call splits each batch on the CPU (lfxai_utils.features.CPU_PROBES_PER_PASS), for the notes column."""
     import captum.attr as CA
 
-    chunk = F._auto_chunk(getattr(CA, FEATURE_METHODS[method]), {}, CPU)
+    cls = getattr(CA, FEATURE_METHODS[method])
+    chunk, per = F._auto_chunk(cls, {}, CPU), F._probes_per_example(cls, {})
     if chunk is None or chunk >= batch_size:
         return ""
-    per = F.CPU_PROBES_PER_PASS // chunk
     return (f"; ours splits each batch of {batch_size} into captum calls of {chunk} images "
             f"(≤ {F.CPU_PROBES_PER_PASS:,} probes per forward pass{f', {per} steps each' if per > 1 else ''}), "
             "which keeps the activations in cache; the authors pass the whole batch")

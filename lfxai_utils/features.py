@@ -177,17 +177,21 @@ def _auto_chunk(cls, kw: dict, device: torch.device) -> int | None:
     rest of its batch (Integrated Gradients, Saliency): splitting them by examples leaves every attribution
     unchanged. GradientShap is left whole, because a split would change its random draws.
     """
+    per_example = _probes_per_example(cls, kw)
+    if CPU_PROBES_PER_PASS is None or device.type != "cpu" or per_example is None:
+        return None
+    return max(1, CPU_PROBES_PER_PASS // per_example)
+
+
+def _probes_per_example(cls, kw: dict) -> int | None:
+    """Inputs captum evaluates per example for the deterministic methods (IG: ``n_steps``; Saliency: 1), else None."""
     from captum.attr import IntegratedGradients, Saliency
 
-    if CPU_PROBES_PER_PASS is None or device.type != "cpu":
-        return None
     if issubclass(cls, IntegratedGradients):
-        per_example = int(kw.get("n_steps", 50))
-    elif issubclass(cls, Saliency):
-        per_example = 1
-    else:
-        return None
-    return max(1, CPU_PROBES_PER_PASS // max(1, per_example))
+        return max(1, int(kw.get("n_steps", 50)))
+    if issubclass(cls, Saliency):
+        return 1
+    return None
 
 
 def _split_internal_batch(method, kw: dict, device: torch.device) -> int | None:
@@ -269,7 +273,7 @@ def label_free_attribution(
     **method_kwargs : passed to ``attribute`` (e.g. ``n_steps``, ``n_samples``, ``stdevs``, ``abs``).
         ``internal_batch_size`` is passed to methods that take it; for the others the batch is split
         into chunks of ``internal_batch_size // n_samples`` (GradientShap) examples. Without it, on the
-        CPU, IG and Saliency split the batch into chunks of ``CPU_PROBES_PER_PASS`` probes (same result, 2x faster).
+        CPU, IG and Saliency split the batch into chunks of ``CPU_PROBES_PER_PASS`` probes (same result, faster).
 
     Returns
     -------

@@ -314,3 +314,16 @@ def test_book_timings_round_trip_writer_to_performance_page(tmp_path):
     book.write_timings(tmp_path / "book_timings.csv", pages, 95.0, html_rc=0)
     page = render_performance(tmp_path)
     assert "Whole build (the `total` row): 95 s (1.6 min), of which executing the pages took 80 s" in page
+
+
+def test_split_note_describes_the_features_split(monkeypatch):
+    from bench import run_benchmarks as RB
+    from lfxai_utils import features as F
+
+    monkeypatch.setattr(F, "CPU_PROBES_PER_PASS", 2048)
+    note = RB.split_note("integrated_gradients", 250)
+    assert "captum calls of 40 images (≤ 2,048 probes per forward pass, 50 steps each)" in note
+    assert RB.split_note("saliency", 250) == ""  # 250 images = 250 probes: no split
+    assert RB.split_note("gradient_shap", 250) == ""  # random: never split
+    monkeypatch.setattr(F, "CPU_PROBES_PER_PASS", 100)
+    assert "captum calls of 100 images (≤ 100 probes per forward pass)" in RB.split_note("saliency", 250)

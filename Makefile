@@ -16,6 +16,7 @@ help:
 	@echo "make test         set up .venv and run the test suite (the browser test checks the last built book)"
 	@echo "make test-fast    the test suite without the slow notebook/browser tests"
 	@echo "make book-list    which pages of the book can run on this machine, and why the others cannot"
+	@echo "make notebooks    write notebooks/*.ipynb again from their sources tools/nb_*.py"
 	@echo "make bench        benchmarks against the authors' lfxai package"
 	@echo "make if-budget    influence functions at the book's reduced LiSSA budget vs the paper's (Performance page)"
 	@echo "make book-timings a full book build (every page re-executed) that records its times for the Performance page"
@@ -49,6 +50,9 @@ book-list: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps -r bench/requirements.txt
 	$(PY) bench/run_benchmarks.py
+
+notebooks: $(STAMP)
+	cd tools && for f in nb_*.py; do ../$(PY) $$f || exit 1; done
 
 if-budget: $(STAMP)
 	$(PY) bench/if_budget.py

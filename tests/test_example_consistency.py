@@ -272,6 +272,12 @@ def test_verdicts_per_explainer_and_ranking(tmp_path):
     s2 = _summary({"TracIn": (0.85, 0.0), "SimplEx": (0.8, 0.0), "DKNN": (0.9, 0.0)})
     assert {x.quantity: x for x in X.verdicts(exp, s2, 0.1, 1000, 1000)}[
         "ranking: representation-based > loss-based"].verdict == "does not hold"
+    lissa = X.lissa_label(exp, 2, 64)
+    assert lissa == "LiSSA depth 2, HVP minibatch 64; paper: depth 100, minibatch 300"
+    assert X.lissa_label(exp, 100, 300) == "LiSSA depth 100, HVP minibatch 300"
+    v = {x.quantity: x for x in X.verdicts(exp, s, 0.1, 1000, 1000, lissa=lissa)}
+    assert v["similarity rate, Influence Functions"].ours.endswith(f"subtrain of 1,000; {lissa})")
+    assert lissa not in v["similarity rate, TracIn"].ours
     only_rep = X.verdicts(exp, _summary({"DKNN": (0.9, 0.0), "CosineNN": (0.9, 0.0)}), 0.1, 100, 50)
     assert [x.quantity for x in only_rep] == ["similarity rate, DKNN", "similarity rate, CosineNN"]
     assert all(x.model == "denoising AE" and x.claim == "1.2 example consistency" for x in only_rep)

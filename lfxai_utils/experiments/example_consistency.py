@@ -459,11 +459,22 @@ def model_label(dataset: str, model: str | None) -> str:
     return model or ("LSTM AE (all beats)" if dataset == "ecg5000" else "denoising AE")
 
 
-def verdicts(exp: Experiment, summary: pd.DataFrame, prior: float, n_train: int, n_test: int) -> list[Verdict]:
+def lissa_label(exp: Experiment, recursion_depth: int, batch_size: int) -> str:
+    """How influence functions ran, for their verdict row: the LiSSA budget, and the paper's when it differs."""
+    paper_batch = model_spec(exp.dataset, exp.model).batch_size
+    label = f"LiSSA depth {recursion_depth}, HVP minibatch {batch_size}"
+    if (recursion_depth, batch_size) != (100, paper_batch):
+        label += f"; paper: depth 100, minibatch {paper_batch}"
+    return label
+
+
+def verdicts(exp: Experiment, summary: pd.DataFrame, prior: float, n_train: int, n_test: int, *,
+             lissa: str | None = None) -> list[Verdict]:
     """Per explainer: most-important rate above the label prior and least-important rate below it at the smallest k.
 
     When both families ran, one more verdict checks the paper's ranking: every representation-based explainer of the
     paper (SimplEx, DKNN) beats every loss-based one (IF, TracIn) on the most-important rate at the smallest k.
+    ``lissa`` (:func:`lissa_label`) is appended to the influence-function row, so that a reduced budget shows.
     """
     p0 = float(summary["percent"].min())
     at = summary[summary.percent == p0]
@@ -477,8 +488,9 @@ def verdicts(exp: Experiment, summary: pd.DataFrame, prior: float, n_train: int,
         most, least = float(rows[TYPE_LABELS["most"]]), float(rows[TYPE_LABELS["least"]])
         most_at[name] = most
         holds = most > prior and least < prior
+        extra = f"; {lissa}" if lissa and name == EXPLAINER_LABELS["influence_functions"] else ""
         ours = (f"at {p0:g} % (k = {k0}): most important {most:.3f}, least important {least:.3f}, label prior "
-                f"{prior:.3f} ({data})")
+                f"{prior:.3f} ({data}{extra})")
         out.append(Verdict("1.2 example consistency", exp.dataset, model, f"similarity rate, {name}", ours,
                            "most-important rate above the prior, least-important below it", ANCHOR,
                            f"most-important rate > label prior and least-important rate < label prior at the "

@@ -1,7 +1,7 @@
 """How close the book's reduced influence-function budget comes to the paper's (Claim 1.2, MNIST).
 
 The Claim 1.2 page of the book runs LiSSA with the reduced budget of ``CPU_BUDGETS`` (a few recursions on small
-HVP minibatches) because the paper's budget (depth 100, minibatches of 300) costs about 30 ms per training example
+HVP minibatches) because the paper's budget (depth 100, minibatches of 300) costs 30–50 ms per training example
 and recursion on this CPU. This script computes influence functions at both budgets, and at depth 0 (the plain
 inner product of gradients, where LiSSA starts), on the **same** shipped model and the same class-balanced MNIST
 subsets as the page, and writes ``bench/results/if_budget.csv``:
@@ -41,13 +41,13 @@ COLUMNS = ["budget", "recursion_depth", "hvp_batch", "n_train", "n_test", "secon
 def budgets() -> list[tuple[str, int, int]]:
     """(label, recursion depth, HVP minibatch): the paper's, the book's page (from ``CPU_BUDGETS``), depth 0."""
     from lfxai_utils.experiments import CPU_BUDGETS
-    from lfxai_utils.experiments.example_consistency import model_spec
+    from lfxai_utils.experiments.example_consistency import paper_lissa
 
-    paper_batch = model_spec("mnist").batch_size
+    depth, batch = paper_lissa("mnist")
     book = CPU_BUDGETS[(NOTEBOOK, "mnist")]
-    return [("paper (reference)", 100, paper_batch),
+    return [("paper (reference)", depth, batch),
             ("book page", int(book["if_recursion_depth"]), int(book["if_batch_size"])),
-            ("depth 0: gradient inner product", 0, paper_batch)]
+            ("depth 0: gradient inner product", 0, batch)]
 
 
 def rates_row(scores: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor) -> dict[str, float]:

@@ -238,6 +238,8 @@ def _render_if_budget(csv: Path) -> list[str]:
                         "`make if-budget` computes it.", ""]
     df = pd.read_csv(csv)
     ref = df.iloc[0]
+    rate_cols = [c for c in df.columns if c.split("_")[0] in ("most", "least")]   # most_5, least_5, most_10, ...
+    percents = list(dict.fromkeys(int(c.split("_")[1]) for c in rate_cols))
     lines += [
         f"The Claim 1.2 page runs influence functions with a reduced LiSSA budget to fit a 2-core CPU. "
         f"`make if-budget` (`bench/if_budget.py`) computed them at each budget below on the same shipped model "
@@ -245,8 +247,8 @@ def _render_if_budget(csv: Path) -> list[str]:
         f"{ref['data']}), with damping 1e-3 and scale 1,000 as the paper. *Spearman* is the correlation, per test "
         "example, between the ranking of the training set at that budget and at the paper's budget (mean and "
         "lowest over test examples); the similarity rates are those of Claim 1.2 (share of the most / least "
-        f"important 5 % and 10 % of training images with the test image's label: k = "
-        f"{int(0.05 * ref['n_train'] + 1e-9)} and {int(0.1 * ref['n_train'] + 1e-9)} images here).", ""]
+        f"important {' and '.join(f'{p} %' for p in percents)} of training images with the test image's label: "
+        f"k = {' and '.join(str(int(p / 100 * ref['n_train'] + 1e-9)) for p in percents)} images here).", ""]
     shown = pd.DataFrame({
         "budget": df["budget"],
         "LiSSA depth": df["recursion_depth"].astype(int),
@@ -254,10 +256,9 @@ def _render_if_budget(csv: Path) -> list[str]:
         "time (s)": df["seconds"].map(lambda v: f"{v:,.1f}"),
         "Spearman with the paper's budget: mean (lowest)": [f"{m:.4f} ({lo:.4f})" for m, lo in
                                                             zip(df["spearman_mean"], df["spearman_min"])],
-        **{f"{t} {f} %": df[f"{t}_{f}"].map(lambda v: f"{v:.3f}") for f in (5, 10) for t in ("most", "least")},
+        **{c.replace("_", " ") + " %": df[c].map(lambda v: f"{v:.3f}") for c in rate_cols},
     })
     lines += [_md_table(shown), ""]
-    rate_cols = [f"{t}_{f}" for f in (5, 10) for t in ("most", "least")]
     for i in range(1, len(df)):
         diff = (df.loc[i, rate_cols] - df.loc[0, rate_cols]).astype(float)
         worst = diff.abs().idxmax()

@@ -459,12 +459,17 @@ def model_label(dataset: str, model: str | None) -> str:
     return model or ("LSTM AE (all beats)" if dataset == "ecg5000" else "denoising AE")
 
 
+def paper_lissa(dataset: str, model: str | None = None) -> tuple[int, int]:
+    """The paper's LiSSA budget: (recursion depth 100, HVP minibatch = the model's training batch)."""
+    return 100, model_spec(dataset, model).batch_size
+
+
 def lissa_label(exp: Experiment, recursion_depth: int, batch_size: int) -> str:
     """How influence functions ran, for their verdict row: the LiSSA budget, and the paper's when it differs."""
-    paper_batch = model_spec(exp.dataset, exp.model).batch_size
+    paper = paper_lissa(exp.dataset, exp.model)
     label = f"LiSSA depth {recursion_depth}, HVP minibatch {batch_size}"
-    if (recursion_depth, batch_size) != (100, paper_batch):
-        label += f"; paper: depth 100, minibatch {paper_batch}"
+    if (recursion_depth, batch_size) != paper:
+        label += f"; paper: depth {paper[0]}, minibatch {paper[1]}"
     return label
 
 

@@ -8,7 +8,7 @@ JOBS   ?= 2
 # extra arguments for the book builder, e.g. make book BOOK_ARGS="--only mnist"
 BOOK_ARGS ?=
 
-.PHONY: venv test test-fast book book-timings book-list notebooks bench if-budget checkpoints clean help
+.PHONY: venv test test-fast book book-timings book-list notebooks bench bench-train if-budget checkpoints checkpoints-list clean help
 
 help:
 	@echo "make book         set up .venv, execute every notebook from the shipped checkpoints, build the HTML book"
@@ -20,7 +20,10 @@ help:
 	@echo "make bench        benchmarks against the authors' lfxai package"
 	@echo "make if-budget    influence functions at the book's reduced LiSSA budget vs the paper's (Performance page)"
 	@echo "make book-timings a full book build (every page re-executed) that records its times for the Performance page"
-	@echo "make checkpoints  retrain the shipped checkpoints (mode=train; BOOK_ARGS=\"--only KEY\" for one page)"
+	@echo "make checkpoints  train every checkpoint the book needs that is missing or stale, JOBS=2 processes at once"
+	@echo "                  (resumable: stop and restart at any time; BOOK_ARGS=\"--only KEY\" for one page's models)"
+	@echo "make checkpoints-list  which checkpoints are current, stale or missing, with estimated training times"
+	@echo "make bench-train  training throughput per architecture (eager / channels_last / compile, threads, processes)"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +61,13 @@ if-budget: $(STAMP)
 	$(PY) bench/if_budget.py
 
 checkpoints: $(STAMP)
-	$(PY) -m lfxai_utils.book --train-checkpoints $(BOOK_ARGS)
+	$(PY) -m lfxai_utils.experiments.jobs --jobs $(JOBS) $(BOOK_ARGS)
+
+checkpoints-list: $(STAMP)
+	$(PY) -m lfxai_utils.experiments.jobs --list $(BOOK_ARGS)
+
+bench-train: $(STAMP)
+	$(PY) bench/training_throughput.py
 
 clean:
 	rm -rf _build book/_executed book/_generated book/_static/plotly.min.js book/_static/mathjax

@@ -181,7 +181,22 @@ def save_checkpoint(model: nn.Module, directory: PathLike, name: str, *, setting
         tracin.append({"epoch": epoch, "name": sub["name"], "sha256": sub["file"]["sha256"]})
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     _save_state(state, directory, name, {**base, "tracin_checkpoints": tracin})
+    _remove_orphan_tracin(directory, name, {t["name"] for t in tracin})
     return checkpoint_paths(directory, name)[0]
+
+
+def _remove_orphan_tracin(directory: Path, name: str, keep: set[str]) -> list[str]:
+    """Delete ``<name>_epoch{k}`` files of an earlier training of ``name`` that its new manifest does not list
+    (a retrained model that stopped earlier has fewer TracIn checkpoints; stale ones must not linger)."""
+    import re
+
+    removed = []
+    pattern = re.compile(re.escape(name) + r"_epoch\d+")
+    for path in sorted(directory.glob(f"{name}_epoch*")):
+        if pattern.fullmatch(path.stem) and path.stem not in keep and path.suffix in (".pt", ".json"):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------ load

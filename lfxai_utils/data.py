@@ -10,6 +10,7 @@ then ``<repo>/data``, each in the canonical on-disk layout (``data/README.md``):
     cifar-10-batches-py/{data_batch_1..5,test_batch}              (official python tarball)
     cifar-100-python/{train,test}
     ECG5000/ECG5000_{TRAIN,TEST}.{txt,ts,arff}                     (UCR/UEA archive zip)
+    ECG5000/ECG5000_TEST_5sigfig.txt                               (offline mirror: test split, values rounded)
     dsprites/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz
 
 If no folder holds the dataset and ``download=True``, it is downloaded with
@@ -75,6 +76,14 @@ ECG_FORMATS = (".txt", ".ts", ".arff")         # preference order when several a
 _PUB = "published md5 (as checked by torchvision)"
 _MIRROR_PARTIAL = "offline-mirror sha256: the first 10,000 of the 60,000 official MNIST training images"
 _MIRROR = "offline-mirror sha256 (identical to the official file)"
+_CIFAR_REBUILT = ("offline-mirror sha256: official CIFAR-10 training pixels and labels in official order, pickle "
+                  "rebuilt (its md5 is not the published one)")
+_CIFAR_TEST_PARTIAL = ("offline-mirror sha256: the first 1,000 of the 10,000 official CIFAR-10 test images "
+                       "(pixel-exact, official order and labels; pickle rebuilt)")
+_ECG_ROUNDED = ("offline-mirror sha256: all 4,500 ECG5000 test rows in official order and labels, every value "
+                "rounded to 5 significant digits (not the official file)")
+#: the offline mirror's ECG5000 test split: a clearly named variant of ECG5000_TEST.txt (values rounded)
+ECG_TEST_ROUNDED = "ECG5000/ECG5000_TEST_5sigfig.txt"
 # relpath -> ((algorithm, hexdigest, provenance), ...); a file passes if it matches any entry.
 KNOWN_CHECKSUMS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "MNIST/raw/train-images-idx3-ubyte.gz": (
@@ -90,18 +99,32 @@ KNOWN_CHECKSUMS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("md5", "ec29112dd5afa0611ce80d1b7f02629c", _PUB),
         ("sha256", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", _MIRROR)),
     "cifar-10-python.tar.gz": (("md5", "c58f30108f718f92721af3b95e74349a", _PUB),),
-    "cifar-10-batches-py/data_batch_1": (("md5", "c99cafc152244af753f735de768cd75f", _PUB),),
-    "cifar-10-batches-py/data_batch_2": (("md5", "d4bba439e000b95fd0a9bffe97cbabec", _PUB),),
-    "cifar-10-batches-py/data_batch_3": (("md5", "54ebc095f3ab1f0389bbae665268c751", _PUB),),
-    "cifar-10-batches-py/data_batch_4": (("md5", "634d18415352ddfa80567beed471001a", _PUB),),
-    "cifar-10-batches-py/data_batch_5": (("md5", "482c414d41f54cd18b22e5b47cb7c3cb", _PUB),),
-    "cifar-10-batches-py/test_batch": (("md5", "40351d587109b95175f43aff81a1287e", _PUB),),
+    "cifar-10-batches-py/data_batch_1": (
+        ("md5", "c99cafc152244af753f735de768cd75f", _PUB),
+        ("sha256", "bd937d9ca58806a9c5cb542d708d54c3f3b3e039c646d3f06cc96ecd43f84eee", _CIFAR_REBUILT)),
+    "cifar-10-batches-py/data_batch_2": (
+        ("md5", "d4bba439e000b95fd0a9bffe97cbabec", _PUB),
+        ("sha256", "7cf3631308ba5131e0b5ffd3ddf08da4433df98dc20edb882c732640cbd2d41a", _CIFAR_REBUILT)),
+    "cifar-10-batches-py/data_batch_3": (
+        ("md5", "54ebc095f3ab1f0389bbae665268c751", _PUB),
+        ("sha256", "5449b8a075d3f2c7ad3199581dc5e10b698c2df6825fd6862a2cb6c8b53a28c1", _CIFAR_REBUILT)),
+    "cifar-10-batches-py/data_batch_4": (
+        ("md5", "634d18415352ddfa80567beed471001a", _PUB),
+        ("sha256", "676988eb2097b2c4e695e655beb344cd909953cf5f82ebc2e106df1b60e32d37", _CIFAR_REBUILT)),
+    "cifar-10-batches-py/data_batch_5": (
+        ("md5", "482c414d41f54cd18b22e5b47cb7c3cb", _PUB),
+        ("sha256", "c91896f9d45b3fdc8b67989a54c0c1d0c3e2a1c70fa8d7a924a3b10a9708f1bb", _CIFAR_REBUILT)),
+    "cifar-10-batches-py/test_batch": (
+        ("md5", "40351d587109b95175f43aff81a1287e", _PUB),
+        ("sha256", "0780f4c5fe3ff1892e68e68b066fa3fc10d71adfd220ce78daa7a225d900ae4c", _CIFAR_TEST_PARTIAL)),
     "cifar-100-python.tar.gz": (("md5", "eb9058c3a382ffc7106e4002c42a8d85", _PUB),),
     "cifar-100-python/train": (("md5", "16019d7e3df5f24257cddd939b257f8d", _PUB),),
     "cifar-100-python/test": (("md5", "f0ef6b0ae62326f3e7ffdfab6717acfc", _PUB),),
     "ECG5000/ECG5000_TRAIN.txt": (
         ("sha256", "0d96aff193311a6dc6111bf0dbd2f7d2313987fbf7a1da4a383d92563876057b",
          "offline-mirror sha256 of the official ECG5000 training split"),),
+    ECG_TEST_ROUNDED: (("sha256", "d3b35b6cbdc76a575c7ca6414fc49d54249a4ed2885774b3aeeaddf308699498",
+                        _ECG_ROUNDED),),
     f"dsprites/{DSPRITES_FILE}": (
         ("md5", "7da33b31b13a06f4b04a70402ce90c2e",
          "md5 used by independent public dSprites loaders (DeepMind publishes no checksum)"),),
@@ -207,11 +230,15 @@ def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 
 def _ecg_files(root: Path) -> dict[str, str]:
-    """{'TRAIN'/'TEST': relpath} of the ECG5000 series files present under ``root`` (first format found)."""
+    """{'TRAIN'/'TEST': relpath} of the ECG5000 series files present under ``root`` (first format found).
+
+    The official files come first; without an official test file, the offline mirror's rounded variant
+    :data:`ECG_TEST_ROUNDED` stands in for it (accepted only by its own sha256, and always reported).
+    """
     out = {}
     for split in ("TRAIN", "TEST"):
-        for ext in ECG_FORMATS:
-            rel = f"ECG5000/ECG5000_{split}{ext}"
+        for rel in [f"ECG5000/ECG5000_{split}{ext}" for ext in ECG_FORMATS] + ([ECG_TEST_ROUNDED] if split == "TEST"
+                                                                                 else []):
             if (root / rel).is_file():
                 out[split] = rel
                 break
@@ -491,6 +518,20 @@ def _load_mnist(root, recs, image_size, bar, **_):
     return out[0], out[1], {"image_size": image_size or 28}, notes
 
 
+def _partial_notes(recs) -> list[str]:
+    """A note for every file that was accepted as a labelled variant of the official one (never silent)."""
+    notes = []
+    for r in recs:
+        if r["verified_by"] == _CIFAR_TEST_PARTIAL:
+            notes.append("partial CIFAR-10 test split: only the first 1,000 of the 10,000 official test images are "
+                         "present (offline mirror; pixel-exact, official order and labels); the training set is "
+                         "complete")
+        elif r["verified_by"] == _ECG_ROUNDED:
+            notes.append(f"ECG5000 test split from {r['path']}: all 4,500 official rows and labels, but every value "
+                         "rounded to 5 significant digits (offline mirror, not the official ECG5000_TEST file)")
+    return notes
+
+
 def _load_cifar(root, recs, image_size, bar, *, name, **_):
     key = "labels" if name == "cifar10" else "fine_labels"
     rels = _required(name)
@@ -499,7 +540,8 @@ def _load_cifar(root, recs, image_size, bar, *, name, **_):
     train = ArrayDataset(_resize(torch.from_numpy(np.concatenate([p[0] for p in tr])), image_size or 32),
                          torch.from_numpy(np.concatenate([p[1] for p in tr])), 1 / 255)
     test = ArrayDataset(_resize(torch.from_numpy(te[0]), image_size or 32), torch.from_numpy(te[1]), 1 / 255)
-    return train, test, {"image_size": image_size or 32, "n_classes": 10 if name == "cifar10" else 100}, []
+    info = {"image_size": image_size or 32, "n_classes": 10 if name == "cifar10" else 100}
+    return train, test, info, _partial_notes(recs)
 
 
 def _load_ecg(root, recs, image_size, bar, *, ecg_mode, split_seed, **_):
@@ -514,7 +556,7 @@ def _load_ecg(root, recs, image_size, bar, *, ecg_mode, split_seed, **_):
     y = (ucr != 1).long()                       # 0 = normal beat (class 1), 1 = abnormal (classes 2-5)
     info = {"mode": ecg_mode, "split_fractions": (0.8, 0.2),
             "class_counts": {int(c): int((ucr == c).sum()) for c in range(1, 6)}}
-    notes = []
+    notes = _partial_notes(recs)
     if len(files) < 2:
         (have, rel), = files.items()
         lack = "TEST" if have == "TRAIN" else "TRAIN"

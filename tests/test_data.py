@@ -176,6 +176,53 @@ def test_ecg_train_file_only_warns(tmp_path):
     assert len(s.train) + len(s.test) == 64 and any("5,000" in n for n in s.info["notes"])
 
 
+def test_ecg_rounded_test_variant_is_accepted_by_its_sha256_only_and_always_reported(tmp_path, monkeypatch):
+    root = write_fixture("ecg5000", tmp_path / "d", ecg_formats=("txt",))
+    official = root / "ECG5000/ECG5000_TEST.txt"
+    variant = root / D.ECG_TEST_ROUNDED
+    original = official.read_bytes()
+    rows = [" ".join(f"{float(v):.5g}" for v in line.split()) for line in official.read_text().splitlines() if line]
+    variant.write_text("\n".join(rows) + "\n")
+    official.unlink()
+    with pytest.raises(D.ChecksumError, match="5_sigfig|5sigfig"):      # not the mirror's file: refused, unparsed
+        D.load_dataset("ecg5000", data_dir=root, download=False, progress=False)
+    label = dict((a, c) for a, _, c in D.KNOWN_CHECKSUMS[D.ECG_TEST_ROUNDED])["sha256"]
+    monkeypatch.setitem(D.KNOWN_CHECKSUMS, D.ECG_TEST_ROUNDED, (("sha256", sha256_file(variant), label),))
+    with pytest.warns(UserWarning, match="rounded to 5 significant digits"):
+        s = D.load_dataset("ecg5000", data_dir=root, download=False, progress=False, ecg_mode="examples")
+    assert len(s.train) + len(s.test) == 96                          # train + test, as with the official file
+    assert [f["path"] for f in s.info["files"]] == ["ECG5000/ECG5000_TRAIN.txt", D.ECG_TEST_ROUNDED]
+    assert any("rounded to 5 significant digits" in n and "not the official" in n for n in s.info["notes"])
+    assert not any("only ECG5000_TRAIN" in n for n in s.info["notes"])
+    # the official file wins when both are present
+    official.write_bytes(original)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = D.load_dataset("ecg5000", data_dir=root, download=False, progress=False)
+    assert again.info["files"][1]["path"] == "ECG5000/ECG5000_TEST.txt"
+    assert not any("rounded" in str(w.message) for w in caught)
+
+
+def test_cifar10_mirror_files_pass_by_sha256_with_a_partial_test_split_note(tmp_path, monkeypatch):
+    root = write_fixture("cifar10", tmp_path / "d", n_train=50, n_test=20)
+    labels = {}
+    for rel in D._required("cifar10"):       # pretend the fixture's files are the mirror's (their sha256 listed)
+        entries = D.KNOWN_CHECKSUMS[rel]
+        mirror = [e for e in entries if e[0] == "sha256"]
+        assert mirror and all(e[0] == "md5" for e in entries if e not in mirror)   # published md5 still accepted
+        labels[rel] = mirror[0][2]
+        monkeypatch.setitem(D.KNOWN_CHECKSUMS, rel, (("sha256", sha256_file(root / rel), mirror[0][2]),))
+    with pytest.warns(UserWarning, match="1,000 of the 10,000"):
+        s = D.load_dataset("cifar10", data_dir=root, download=False, progress=False)
+    assert "first 1,000 of the 10,000" in labels["cifar-10-batches-py/test_batch"]
+    assert "rebuilt" in labels["cifar-10-batches-py/data_batch_1"]
+    assert any("1,000 of the 10,000 official test images" in n for n in s.info["notes"])
+    # a file that matches neither the published md5 nor the mirror's sha256 is refused
+    (root / "cifar-10-batches-py/data_batch_2").write_bytes(b"corrupt")
+    with pytest.raises(D.ChecksumError):
+        D.load_dataset("cifar10", data_dir=root, download=False, progress=False)
+
+
 # ------------------------------------------------------------------------------------------------ dSprites
 def test_dsprites_split_and_extras(tmp_path):
     root = write_fixture("dsprites", tmp_path / "d", n_train=90, n_test=10)
@@ -415,30 +462,63 @@ def test_real_mnist(monkeypatch):
     assert (counts >= 850).all() and (counts <= 1150).all()
     assert x.min() == 0 and x.max() == 1
     assert s.info["files"][2]["verified_by"].startswith(("published md5", "offline-mirror"))
-    if len(s.train) < 60000:     # the offline mirror: reported, never silent
+    if len(s.train) < 60000:     # the old 10,000-image mirror: reported, never silent
         assert len(s.train) == 10000
         assert any("10,000 of the 60,000" in n for n in s.info["notes"])
         assert any("10,000 of the 60,000" in str(w.message) for w in caught)
+    else:                        # the official files: verified by the published md5, no note
+        assert len(s.train) == 60000 and s.train.targets.bincount().tolist()[:2] == [5923, 6742]
+        assert all(f["verified_by"].startswith("published md5") for f in s.info["files"][:2])     # train files
+        assert all(f["verified_by"].startswith(("published md5", "offline-mirror sha256 (identical"))
+                   for f in s.info["files"][2:])
+        assert not s.info["notes"] and not any("MNIST" in str(w.message) for w in caught)
 
 
 @pytest.mark.realdata
-def test_real_ecg5000_train(monkeypatch):
+def test_real_ecg5000(monkeypatch):
     root = real_dir()
-    if not (root / "ECG5000/ECG5000_TRAIN.txt").is_file() or (root / "ECG5000/ECG5000_TEST.txt").is_file():
-        pytest.skip(f"expects the mirror's ECG5000_TRAIN.txt alone under {root}")
+    if not (root / "ECG5000/ECG5000_TRAIN.txt").is_file():
+        pytest.skip(f"no ECG5000 under {root}")
     monkeypatch.setenv(D.ENV_VAR, str(root))
-    with pytest.warns(UserWarning, match="ECG5000_TEST"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         f = D.load_dataset("ecg5000", download=False, progress=False, ecg_mode="features")
-    assert f.info["class_counts"] == {1: 292, 2: 177, 3: 10, 4: 19, 5: 2}
-    assert f.train.data.shape == (292, 140, 1) and f.test.data.shape == (208, 140, 1)
-    assert len(f.info["train_indices"]) == 234 and len(f.info["val_indices"]) == 58
-    assert f.info["baseline"].shape == (140, 1)
-    with pytest.warns(UserWarning, match="ECG5000_TEST"):
         e = D.load_dataset("ecg5000", download=False, progress=False, ecg_mode="examples")
-    assert len(e.train) == 400 and len(e.test) == 100
-    assert int(e.train.targets.sum() + e.test.targets.sum()) == 208
     x, _ = e.train.tensors()
     assert x.dtype == torch.float32 and abs(float(x.mean())) < 0.05        # UCR series are z-normalised
+    assert f.info["baseline"].shape == (140, 1)
+    if not D._ecg_files(root).get("TEST"):       # the training file alone: 500 series, with a warning
+        assert f.info["class_counts"] == {1: 292, 2: 177, 3: 10, 4: 19, 5: 2}
+        assert f.train.data.shape == (292, 140, 1) and f.test.data.shape == (208, 140, 1)
+        assert len(e.train) == 400 and len(e.test) == 100
+        assert any("ECG5000_TEST" in str(w.message) for w in caught)
+        return
+    # train + test: the paper's 5,000 series (experiments.md §1.4)
+    assert f.info["class_counts"] == {1: 2919, 2: 1767, 3: 96, 4: 194, 5: 24}
+    assert f.train.data.shape == (2919, 140, 1) and f.test.data.shape == (2081, 140, 1)
+    assert len(f.info["train_indices"]) == 2336 and len(f.info["val_indices"]) == 583
+    assert len(e.train) == 4000 and len(e.test) == 1000
+    if D._ecg_files(root)["TEST"] == D.ECG_TEST_ROUNDED:   # the mirror's variant: always said
+        assert any("rounded to 5 significant digits" in n for n in f.info["notes"])
+        assert any("rounded to 5 significant digits" in str(w.message) for w in caught)
+
+
+@pytest.mark.realdata
+def test_real_cifar10(monkeypatch):
+    root = real_dir()
+    if not (root / "cifar-10-batches-py/data_batch_1").is_file():
+        pytest.skip(f"no CIFAR-10 under {root}")
+    monkeypatch.setenv(D.ENV_VAR, str(root))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = D.load_dataset("cifar10", download=False, progress=False)
+    assert s.train.data.shape == (50000, 3, 32, 32) and s.train.targets.bincount().tolist() == [5000] * 10
+    mean = s.train.data.double().mean((0, 2, 3)) / 255       # the published per-channel mean
+    assert torch.allclose(mean, torch.tensor([0.49139968, 0.48215841, 0.44653091], dtype=torch.float64), atol=1e-6)
+    if len(s.test) < 10000:
+        assert len(s.test) == 1000
+        assert any("1,000 of the 10,000" in n for n in s.info["notes"])
+        assert any("1,000 of the 10,000" in str(w.message) for w in caught)
 
 
 def test_array_dataset_returns_copies_and_subsets():

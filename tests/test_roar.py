@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lfxai_utils._utils import seed_everything
-from lfxai_utils.checkpoints import CheckpointMismatchError
+from lfxai_utils.checkpoints import CheckpointMismatchError, CheckpointNotFoundError
 from lfxai_utils.experiments import common, module_for, roar as R
 from lfxai_utils.fixtures import write_fixture
 from lfxai_utils.models import build_model
@@ -44,11 +44,15 @@ def test_k_and_checkpoint_names():
     assert [R.n_removed(p, 784) for p in R.PERCENTS] == [78, 156, 392, 548, 784]      # experiments.md §4
     assert [R.n_removed(p, 1024) for p in R.PERCENTS] == [102, 204, 512, 716, 1024]
     assert R.checkpoint("mnist") == "claim1-roar_mnist_reconstruction-ae"
-    assert R.checkpoint("mnist", "gradient_shap", 20) == "claim1-roar_mnist_reconstruction-ae_gradient-shap-20"
+    assert R.checkpoint("mnist", "gradient_shap", 20) == "claim1-roar_mnist_reconstruction-ae_gradient-shap-20_run0"
+    assert R.checkpoint("mnist", "random", 10, 2) == "claim1-roar_mnist_reconstruction-ae_random-10_run2"
     assert R.checkpoint("cifar10", "integrated_gradients", 100) == \
-        "claim1-roar_cifar10_reconstruction-ae_integrated-gradients-100"
+        "claim1-roar_cifar10_reconstruction-ae_integrated-gradients-100_run0"
     names = R.required_checkpoints("mnist")
-    assert len(names) == len(set(names)) == 16 and module_for("claim1_roar") is R
+    assert len(names) == len(set(names)) == 1 + 15 * R.N_SEEDS and module_for("claim1_roar") is R
+    assert len(R.required_checkpoints("mnist", n_seeds=1)) == 16
+    with pytest.raises(ValueError, match="n_seeds"):
+        R.required_checkpoints("mnist", n_seeds=0)
     assert R.data_requirements("cifar100") == [("cifar100", {})]
 
 
@@ -183,36 +187,43 @@ def test_pipeline_explains_the_original_encoder_from_shared_initial_weights(tmp_
     before = {k: v.clone() for k, v in base.state_dict().items()}
     x = R.train_images(splits)
     scores = R.train_attributions(exp, base.encoder, x, R.METHODS, common.baseline_for("mnist", splits))
-    models = R.retrain(exp, splits, scores, [50, 100], base_man)
+    models = R.retrain(exp, splits, scores, [50, 100], base_man, runs=[0, 1])
     # ORIG bug 2: every attribution explains the base encoder, and retraining never touches the base model
     assert len(explained) == 2 and all(e is base.encoder for e in explained)       # GradientSHAP, IG
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
-    # the same initial weights for the base model and all six retrained models
-    assert len(fit_starts) == 7
-    assert all(torch.equal(s[k], fit_starts[0][k]) for s in fit_starts[1:] for k in s)
+    # seed 0 retrains from the base model's own initial weights, seed 1 from another one shared by every model
+    assert len(fit_starts) == 1 + 12
+    seed_of = [None] + [r for (_, _, r) in models]
+    for s, r in zip(fit_starts[1:], seed_of[1:]):
+        same = all(torch.equal(s[k], fit_starts[0][k]) for k in s)
+        assert same == (r == 0)
+    seed1 = [s for s, r in zip(fit_starts[1:], seed_of[1:]) if r == 1]
+    assert all(torch.equal(s[k], seed1[0][k]) for s in seed1 for k in s)
     # each model trained on its own masked images (recorded in the manifest); 100 % masks are identical
-    for (m, p), r in models.items():
-        man = r.manifest
-        assert r.k == R.n_removed(p, 784) and r.stats == R.removal_stats(x, R.removal_mask(scores[m], p))
+    for (m, p, r), rt in models.items():
+        man = rt.manifest
+        assert rt.k == R.n_removed(p, 784) and rt.stats == R.removal_stats(x, R.removal_mask(scores[m], p))
         assert man["settings"]["roar_base_sha256"] == base_man["file"]["sha256"] and man["settings"]["roar_k"] == \
-            R.n_removed(p, 784)
+            R.n_removed(p, 784) and man["settings"]["run"] == r
         assert man["data"]["roar"]["mask_sha256"] == R.mask_digest(R.removal_mask(scores[m], p))
+        assert rt.inputs_sha256 == R.effective_digest(x, R.removal_mask(scores[m], p))
     df = R.retrained_losses(exp, splits, base, models)
-    assert list(df.columns[:4]) == ["method", "percent", "k", "test_loss"] and len(df) == 3 * 3
+    assert list(df.columns[:5]) == ["method", "percent", "run", "k", "test_loss"] and len(df) == 3 * 2 * 3
     base_rows = df[df.percent == 0]
     assert (base_rows.test_loss == evaluate_loss(base, splits.test)).all()
-    m50 = models[("random", 50)].model
-    got = df[(df.method == "Random") & (df.percent == 50)].test_loss.item()
+    m50 = models[("random", 50, 1)].model
+    got = df[(df.method == "Random") & (df.percent == 50) & (df.run == 1)].test_loss.item()
     assert got == pytest.approx(evaluate_loss(m50, splits.test))
-    losses100 = df[df.percent == 100].test_loss
-    assert losses100.nunique() == 1                      # all-black training data, same init: the same model
+    for r in (0, 1):   # all-black training data, same seed: the same model whatever the method
+        assert df[(df.percent == 100) & (df.run == r)].test_loss.nunique() == 1
+    assert (df[df.percent == 100].degenerate == "").all()      # 100 % is the reference, never "degenerate"
 
     # inference: everything loads, masks recomputed from the loaded base equal the training masks
     inf = _setup(tmp_path, mode="inference")
     base2, base_man2 = R.get_base_model(inf, splits)
     scores2 = R.train_attributions(inf, base2.encoder, x, R.METHODS, common.baseline_for("mnist", splits))
-    models2 = R.retrain(inf, splits, scores2, [50, 100], base_man2)
-    assert inf.trained == [] and len(inf.loaded) == 7
+    models2 = R.retrain(inf, splits, scores2, [50, 100], base_man2, runs=[0, 1])
+    assert inf.trained == [] and len(inf.loaded) == 13
     assert R.mask_reproduction(models2).identical.all()
     df2 = R.retrained_losses(inf, splits, base2, models2)
     pd.testing.assert_frame_equal(df, df2)
@@ -223,28 +234,83 @@ def test_pipeline_explains_the_original_encoder_from_shared_initial_weights(tmp_
     other = {**base_man2, "file": {**base_man2["file"], "sha256": "0" * 64}}
     with pytest.raises(CheckpointMismatchError, match="roar_base_sha256"):
         R.retrain(inf, splits, scores2, [50], other)
+    # a retraining seed that was never trained is reported, not silently replaced
+    with pytest.raises(CheckpointNotFoundError):
+        R.retrain(inf, splits, scores2, [50], base_man2, runs=[2])
+
+
+def _fake(stats: dict, digest: str):
+    return R.Retrained(model=None, manifest={}, k=0, mask_sha256="", stats=stats, inputs_sha256=digest)
+
+
+def test_degenerate_levels_are_all_black_inputs_or_repeats_of_a_lower_level():
+    live = {"black_images": 0.0}
+    models = {("gradient_shap", 20, 0): _fake(live, "a"), ("gradient_shap", 50, 0): _fake({"black_images": 1.0}, "b"),
+              ("gradient_shap", 70, 0): _fake({"black_images": 1.0}, "b"),
+              ("gradient_shap", 100, 0): _fake({"black_images": 1.0}, "b"),
+              ("random", 20, 0): _fake(live, "c"), ("random", 50, 0): _fake(live, "d"),
+              ("random", 70, 0): _fake(live, "d")}    # identical masked inputs at 50 and 70 %
+    d = R.degenerate_levels(models)
+    assert d[("gradient_shap", 20)] == "" and d[("random", 20)] == "" and d[("random", 50)] == ""
+    assert "every non-zero pixel" in d[("gradient_shap", 50)] and "every non-zero pixel" in d[("gradient_shap", 70)]
+    assert d[("gradient_shap", 100)] == ""
+    assert d[("random", 70)] == "same masked training images as at 50 %"
+
+
+def test_effective_digest_sees_only_removed_nonzero_pixels():
+    x = torch.zeros(2, 1, 2, 2)
+    x[:, 0, 0, 0] = 1.0
+    a = torch.tensor([[True, False, False, False], [True, False, False, False]])
+    b = torch.tensor([[True, True, False, False], [True, False, True, True]])    # also removes black pixels
+    c = torch.tensor([[False, True, False, False], [True, False, False, False]])
+    assert R.effective_digest(x, a) == R.effective_digest(x, b) != R.effective_digest(x, c)
+    assert R.mask_digest(a) != R.mask_digest(b)
 
 
 # ------------------------------------------------------------------------------------------ verdict
-def _table(losses: dict[str, list[float]], percents=(0, 10, 20, 50, 70, 100)):
-    return pd.DataFrame([{"method": m, "percent": p, "k": R.n_removed(p, 784), "test_loss": v}
-                         for m, vals in losses.items() for p, v in zip(percents, vals)])
+def _table(losses: dict[str, list], percents=(0, 10, 20, 50, 70, 100), degenerate=None):
+    """Rows per method, level and seed: a list of floats is one seed; a list of lists gives one value per seed."""
+    rows = []
+    for m, vals in losses.items():
+        for p, v in zip(percents, vals):
+            for r, value in enumerate(v if isinstance(v, list) else [v]):
+                rows.append({"method": m, "percent": p, "run": r, "k": R.n_removed(p, 784), "test_loss": value,
+                             "degenerate": (degenerate or {}).get((m, p), "")})
+    return pd.DataFrame(rows)
 
 
-def test_verdict_needs_a_higher_loss_than_random_at_every_level_below_100():
-    df = _table({"Random": [1.0, 1.1, 1.2, 1.5, 2.0, 5.0],
-                 "GradientSHAP": [1.0, 1.3, 1.6, 2.5, 3.0, 4.0],            # below Random at 100 %: ignored
-                 "Integrated Gradients": [1.0, 1.3, 1.6, 1.5, 3.0, 5.0]})   # ties Random at 50 %: not above
+def test_verdict_needs_a_higher_loss_than_random_for_every_seed_at_every_informative_level():
+    three = lambda v, d=(0.0, 0.01, -0.01): [v + e for e in d]    # noqa: E731 - three seeds around v
+    df = _table({"Random": [three(1.0), three(1.1), three(1.2), three(1.5), three(2.0), three(5.0)],
+                 "GradientSHAP": [three(1.0), three(1.3), three(1.6), three(2.5), three(3.0), three(4.0)],
+                 "Integrated Gradients": [three(1.0), three(1.3), three(1.6), three(1.4), three(3.0), three(5.0)]})
     v = {x.quantity.split(", ")[1]: x for x in R.verdicts(df, "mnist", mean_nonzero=150.2, n_features=784)}
-    assert v["GradientSHAP"].verdict == "holds"
-    assert v["Integrated Gradients"].verdict == "does not hold"
-    assert "3/4 levels" in v["Integrated Gradients"].ours and "4/4 levels" in v["GradientSHAP"].ours
-    assert "at 20 % removed: 1.6 vs Random 1.2" in v["GradientSHAP"].ours
+    assert v["GradientSHAP"].verdict == "holds"                              # below Random at 100 %: ignored
+    assert v["Integrated Gradients"].verdict == "does not hold"              # below Random at 50 %
+    assert "at 3/4 informative levels" in v["Integrated Gradients"].ours and "at 4/4" in v["GradientSHAP"].ours
+    assert "at 20 % removed: 1.6 ± 0.01 vs Random 1.2 ± 0.01 (mean ± sd over 3 seed(s))" in v["GradientSHAP"].ours
     assert "150 of 784 pixels non-zero" in v["GradientSHAP"].ours and "(19 %)" in v["GradientSHAP"].ours
     assert "App. C" in v["GradientSHAP"].anchor_source and "0 < p < 100" in v["GradientSHAP"].criterion
-    below = _table({"Random": [1.0, 2.0, 2.0, 2.0, 2.0, 2.0], "GradientSHAP": [1.0, 1.5, 2.5, 2.5, 2.5, 2.0]})
-    (only,) = R.verdicts(below, "cifar10")
-    assert only.verdict == "does not hold" and "3/4 levels" in only.ours
+    # one seed where the method is not above Random: neither "holds" nor (mean above) "does not hold"
+    mixed = _table({"Random": [1.0, [1.0, 1.0, 1.0]], "GradientSHAP": [1.0, [1.5, 1.5, 0.9]]}, percents=(0, 20))
+    assert [x.verdict for x in R.verdicts(mixed, "mnist")] == ["inconclusive"]
+    # a single seed gives no error bar: never "holds"
+    single = _table({"Random": [1.0, 1.0], "GradientSHAP": [1.0, 2.0]}, percents=(0, 20))
+    (one,) = R.verdicts(single, "mnist")
+    assert one.verdict == "inconclusive" and "single retraining seed" in one.ours
+
+
+def test_degenerate_levels_do_not_count_as_wins():
+    three = lambda v: [v, v + 0.01, v - 0.01]    # noqa: E731
+    losses = {"Random": [three(1.0), three(1.1), three(1.2), three(1.5), three(2.0), three(5.0)],
+              "GradientSHAP": [three(1.0), three(1.0), three(1.0), three(5.0), three(5.0), three(5.0)]}
+    deg = {("GradientSHAP", 50): "every non-zero pixel of every training image removed",
+           ("GradientSHAP", 70): "every non-zero pixel of every training image removed"}
+    (v,) = R.verdicts(_table(losses, degenerate=deg), "mnist")
+    assert v.verdict == "does not hold"                   # below Random at 10 and 20 %; 50/70 % excluded
+    assert "degenerate levels excluded: 50 %, 70 %" in v.ours and "0/2 informative levels" in v.ours
+    (w,) = R.verdicts(_table(losses), "mnist")             # the same table without the rule: 2/4 levels
+    assert "2/4 informative levels" in w.ours
 
 
 def test_verdict_is_inconclusive_without_random_or_levels():

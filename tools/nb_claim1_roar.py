@@ -21,17 +21,30 @@ write("notebooks/claim1_roar.ipynb", [
     dataset order. (2) Their loop rebound `encoder` to each retrained model, so Integrated Gradients explained the
     model retrained on 100 %-masked (all-black) GradientSHAP images; here every method explains the original trained
     encoder. The random scores are seeded. As everywhere in this book, the models validate on a held-out 10 % of their
-    own (masked) training images, not on the test set. On MNIST only the first 10,000 training images exist here.
+    own (masked) training images, not on the test set.
+
+    **Seeds.** The paper (and ORIG) retrained once per setting. Here every (method, level) is retrained with
+    `n_seeds` seeds: seed 0 starts from the base model's own initial weights (as ORIG), seed *s* from the initial
+    weights and data order of seed `seed + s`, the same for every method and level, so that the methods are compared
+    **paired by seed**, with error bars.
+
+    **Degenerate levels.** With a black baseline, label-free GradientSHAP and IG give black pixels zero importance,
+    so once p % exceeds an image's share of non-zero pixels their masks remove *everything*: the retraining inputs
+    are then identical to those at 100 %, and "losing more than Random" there tests nothing. Such levels (and levels
+    whose masked images equal a lower level's) are detected from the masks, marked `*` below, and left out of the
+    verdict.
     """),
     params('''
     dataset = "mnist"         # mnist | cifar10 | cifar100
     model = None              # only the autoencoder
     methods = ["gradient_shap", "integrated_gradients", "random"]  # attribution methods ranking the removed pixels
     percents = [10, 20, 50, 70, 100]                               # % of pixels removed from every training image
+    n_seeds = 3               # retraining seeds per (method, level) (the paper: 1)
     batch_size = 256          # explanation batch size
     n_show = 3                # training images shown per method
     ''', COMMON_PARAMS),
     code(setup_cell("roar") + """methods, percents = X.validate(methods, percents)
+n_seeds = X.validate_seeds(n_seeds)
 percents = exp.size(percents, X.smoke_levels(percents))"""),
     md("## Data"),
     code('''
@@ -67,26 +80,31 @@ percents = exp.size(percents, X.smoke_levels(percents))"""),
     md("""
     ## Metric: test loss after remove-and-retrain
 
-    One autoencoder per method and removal level, all from the base model's initial weights; each is evaluated on the
+    One autoencoder per method, removal level and seed (paired across methods by seed); each is evaluated on the
     full, unmasked test set. `nonzero_removed` is the mean fraction of a training image's non-zero pixels that the
-    mask removed, `black_images` the fraction of training images left entirely black.
+    mask removed, `black_images` the fraction of training images left entirely black. The table gives the mean ±
+    sd of the test MSE over seeds; `*` marks a degenerate level.
     """),
     code('''
-    models = X.retrain(exp, splits, scores, percents, base_manifest)
-    display(report.manifest_table({X.checkpoint(dataset, m, p): r.manifest for (m, p), r in models.items()}))
+    models = X.retrain(exp, splits, scores, percents, base_manifest, runs=range(n_seeds))
+    display(report.manifest_table({X.checkpoint(dataset, m, p, r): rt.manifest for (m, p, r), rt in models.items()}))
     same = X.mask_reproduction(models)
     print(f"masks computed in this run from the base model are the ones the retrained models were trained on: "
           f"{int(same.identical.sum())} of {len(same)}")
     df = X.retrained_losses(exp, splits, base, models)
     exp.save_csv(df, "roar.csv")
-    df.pivot(index="percent", columns="method", values="test_loss").round(5)
+    degenerate = df[df.degenerate != ""].drop_duplicates(["method", "percent"])[["method", "percent", "degenerate"]]
+    if len(degenerate):
+        display(Markdown("**Degenerate levels** (excluded from the verdict):"), degenerate.reset_index(drop=True))
+    X.loss_table(df)
     '''),
     md("""
     ## Figure
 
-    Left: the paper's plot, test MSE against the share of pixels removed. Right: the same models against the share
-    of each training image's *non-zero* pixels that were removed (removing a black pixel changes nothing, and the
-    attribution methods give black pixels zero importance with a black baseline, while random scores do not).
+    Left: the paper's plot, test MSE against the share of pixels removed (mean over seeds, band: 95 % CI over
+    seeds). Right: the same models against the share of each training image's *non-zero* pixels that were removed
+    (removing a black pixel changes nothing, and the attribution methods give black pixels zero importance with a
+    black baseline, while random scores do not).
     """),
     code('''
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -105,9 +123,11 @@ percents = exp.size(percents, X.smoke_levels(percents))"""),
     md("""
     ## Verdict
 
-    Criterion: for GradientSHAP and for Integrated Gradients, the test MSE of the retrained model is above the
-    Random-mask model's at **every** removal level 0 < p < 100 % (at 100 % every method removes every pixel). There is
-    one training run per setting, so the comparison carries no error bar.
+    Criterion: for GradientSHAP and for Integrated Gradients, at **every informative** removal level 0 < p < 100 %
+    (degenerate levels excluded; at 100 % every method removes every pixel), the retrained model's test MSE is above
+    the Random-mask model's **for every retraining seed** (paired by seed). "Does not hold" if the mean over seeds is
+    below Random's at some informative level; "inconclusive" otherwise, with a single seed, or with no informative
+    level left.
     """),
     code('''
     verdicts = X.verdicts(df, dataset, mean_nonzero=float(nonzero.mean()), n_features=n_pixels)

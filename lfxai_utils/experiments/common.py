@@ -120,6 +120,38 @@ def _short(path: Path) -> str:
         return str(path)
 
 
+#: The training-budget settings a reused checkpoint must match in train mode (inference loads any budget).
+BUDGET_KEYS = ("n_epochs", "batch_size", "patience", "lr", "checkpoint_every", "seed")
+
+
+def data_files(info: Mapping[str, Any]) -> dict[str, str]:
+    """{relative path: sha256} of the data files a manifest's (or :func:`json_data_info`'s) ``data`` lists."""
+    return {f["path"]: f["sha256"] for f in (info or {}).get("files", [])}
+
+
+def stale_reasons(manifest: Mapping[str, Any], settings: Mapping[str, Any], data_info: Mapping[str, Any]) -> list[str]:
+    """Why a checkpoint is not what train mode would produce now ([] when it is current).
+
+    Current means: the same identity and training budget (:data:`BUDGET_KEYS`) as ``settings``, trained on the same
+    data files (sha256) and the same number of training examples as ``data_info`` describes. ``make checkpoints``
+    retrains exactly the stale ones.
+    """
+    saved = manifest.get("settings", {})
+    want = json.loads(json.dumps(dict(settings)))
+    out = [f"{k}: checkpoint={saved.get(k, '<absent>')!r}, now={v!r}" for k, v in want.items()
+           if saved.get(k, "<absent>") != v]
+    out += [f"{k}: checkpoint={saved[k]!r}, now=<absent>" for k in BUDGET_KEYS if k in saved and k not in want]
+    have, now = data_files(manifest.get("data", {})), data_files(data_info)
+    if have != now:
+        changed = sorted(k for k in set(have) | set(now) if have.get(k) != now.get(k))
+        out.append("data files differ: " + ", ".join(changed))
+    for key in ("n_train", "roar"):
+        a, b = (manifest.get("data") or {}).get(key), (data_info or {}).get(key)
+        if key in (data_info or {}) and json.loads(json.dumps(a, default=str)) != json.loads(json.dumps(b, default=str)):
+            out.append(f"data.{key} differs")
+    return out
+
+
 def _check_identity(manifest: Mapping[str, Any], identity: Mapping[str, Any], name: str, hint: str) -> None:
     """The checkpoint's settings must agree with ``identity`` on every key it names (the budget may differ)."""
     saved = manifest.get("settings", {})
@@ -217,19 +249,33 @@ class Experiment:
         arch_kwargs = {**spec.arch_kwargs, **(arch_overrides or {})}
         settings = {"arch": spec.arch, **arch_kwargs, **spec.identity}
         hint = self.papermill_command("train")
+        budget = self.budget(spec, fit_kwargs)
+        saved_settings = {**settings, **{k: v for k, v in budget.items() if v is not None}, "seed": seed}
         if not self.smoke and (self.mode == "inference" or self.reuse_checkpoints):
             try:
                 model, manifest = load_checkpoint(self.checkpoint_dir, name, expected_arch=spec.arch,
                                                   expected_arch_kwargs=arch_kwargs, map_location="cpu",
                                                   train_hint=hint)
                 _check_identity(manifest, settings, name, hint)
-                self.loaded.append(name)
-                return model.to(self.device).eval(), manifest
+                stale = [] if self.mode == "inference" else stale_reasons(manifest, saved_settings, data_info)
+                if not stale:
+                    self.loaded.append(name)
+                    return model.to(self.device).eval(), manifest
+                print(f"retraining {name}: " + "; ".join(stale))
             except CheckpointNotFoundError:
                 if self.mode == "inference":
                     raise
         seed_everything(seed)
         model = build_model(spec.arch, **arch_kwargs)
+        result: TrainResult = fit(model, train_data, val_data=val_data, seed=seed, device=self.device,
+                                  progress=self.progress, desc=desc or name, **budget)
+        save_checkpoint(model, self.checkpoint_dir, name, data_info=data_info, train_result=result,
+                        settings=saved_settings)
+        self.trained.append(name)
+        return model.to(self.device).eval(), read_manifest(self.checkpoint_dir, name)
+
+    def budget(self, spec: ModelSpec, fit_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments of :func:`~lfxai_utils.training.fit` this run trains ``spec`` with."""
         budget = dict(n_epochs=spec.n_epochs, batch_size=spec.batch_size, patience=spec.patience, lr=spec.lr,
                       checkpoint_every=spec.checkpoint_every)
         if self.n_epochs is not None:
@@ -239,12 +285,7 @@ class Experiment:
             if spec.checkpoint_every:
                 budget["checkpoint_every"] = 1
         budget.update(fit_kwargs or {})
-        result: TrainResult = fit(model, train_data, val_data=val_data, seed=seed, device=self.device,
-                                  progress=self.progress, desc=desc or name, **budget)
-        save_checkpoint(model, self.checkpoint_dir, name, data_info=data_info, train_result=result,
-                        settings={**settings, **{k: v for k, v in budget.items() if v is not None}, "seed": seed})
-        self.trained.append(name)
-        return model.to(self.device).eval(), read_manifest(self.checkpoint_dir, name)
+        return budget
 
     def tracin_checkpoints(self, name: str) -> list[dict[str, torch.Tensor]]:
         return load_tracin_checkpoints(self.checkpoint_dir, name)

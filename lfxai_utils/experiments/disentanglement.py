@@ -181,6 +181,30 @@ def get_vae(exp: Experiment, splits, point: GridPoint) -> tuple[torch.nn.Module,
                          seed=model_seed(exp.seed, point.loss, point.beta, point.run), desc=point.label)
 
 
+def training_jobs(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS,
+                  losses: Iterable[str] = LOSSES, n_runs: int = N_RUNS, **_: Any) -> list:
+    """One job per VAE of the grid, run-major (every loss and β of run 0 first: a complete small grid soonest)."""
+    from .jobs import TRAIN_EXAMPLES, TrainJob, estimate_cost
+
+    pts = sorted(grid(betas, losses, n_runs), key=lambda p: (p.run, p.loss, p.beta))
+    out = []
+    for p in pts:
+        spec = vae_spec(dataset, p.loss, p.beta)
+        name = checkpoint(dataset, p.loss, p.beta, p.run)
+        out.append(TrainJob(NOTEBOOK, dataset, None, (name,), {"loss": p.loss, "beta": p.beta, "run": p.run},
+                            (dataset, load_kwargs(dataset)),
+                            estimate_cost(spec.arch, TRAIN_EXAMPLES[dataset], spec.n_epochs),
+                            expect={name: {"n_epochs": spec.n_epochs, "batch_size": spec.batch_size,
+                                           "patience": spec.patience}}))
+    return out
+
+
+def train_job(exp: Experiment, loss: str, beta: float, run: int) -> None:
+    """Train (or load when current) one VAE of the grid."""
+    splits = exp.load_data(**load_kwargs(exp.dataset))
+    get_vae(exp, splits, GridPoint(loss, float(beta), int(run)))
+
+
 def get_vaes(exp: Experiment, splits, points: Sequence[GridPoint]) -> dict[GridPoint, tuple[torch.nn.Module, dict]]:
     """:func:`get_vae` for every grid point, with a progress bar."""
     from tqdm.auto import tqdm

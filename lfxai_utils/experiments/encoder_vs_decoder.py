@@ -88,6 +88,12 @@ def required_checkpoints(dataset: str, model: str | None = None, n_runs: int = 5
     return P.required_checkpoints(dataset, None, n_runs, tasks(ae_tasks))
 
 
+def training_jobs(dataset: str, model: str | None = None, *, n_runs: int = 5,
+                  ae_tasks: Sequence[str] = ("denoising",), **_: Any) -> list:
+    """The pretext page's models (trained by its jobs)."""
+    return P.training_jobs(dataset, None, n_runs=n_runs, tasks=tasks(ae_tasks))
+
+
 # ------------------------------------------------------------------------------------------ metric
 def normalise(attr: Tensor) -> Tensor:
     """``|attr| / std(|attr|)`` over the whole array (FACT; cosmetic for a correlation)."""

@@ -159,6 +159,25 @@ def get_model(exp: Experiment, splits):
                          data_info=json_data_info(splits), fit_kwargs=fit_kwargs)
 
 
+def training_jobs(dataset: str, model: str | None = None, **_: Any) -> list:
+    """ECG5000: the all-beats LSTM AE (with TracIn checkpoints); otherwise Claim 1.1's model (shared)."""
+    if dataset != "ecg5000" or model is not None:
+        return fc.training_jobs(dataset, model)
+    from .jobs import TrainJob, estimate_cost
+
+    spec = model_spec(dataset, model)
+    name = checkpoint(dataset, model)
+    return [TrainJob(NOTEBOOK, dataset, model, (name,), {}, (dataset, load_kwargs(dataset)),
+                     estimate_cost(spec.arch, 3600, spec.n_epochs),
+                     expect={name: {"n_epochs": spec.n_epochs, "batch_size": spec.batch_size,
+                                    "patience": spec.patience, "checkpoint_every": spec.checkpoint_every}})]
+
+
+def train_job(exp: Experiment) -> None:
+    """Train (or load when current) the page's model."""
+    get_model(exp, exp.load_data(**load_kwargs(exp.dataset)))
+
+
 def hvp_batch_size(exp: Experiment, if_batch_size: int | None = None) -> int:
     """HVP minibatch of influence functions: the model's training batch (paper: the CLI batch, 300 MNIST/CIFAR,
     20 ECG5000) unless given; at most 8 in a smoke run."""

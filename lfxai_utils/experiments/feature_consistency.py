@@ -91,6 +91,24 @@ def get_model(exp: Experiment, splits):
                          data_info=json_data_info(splits), fit_kwargs=fit_kwargs)
 
 
+def training_jobs(dataset: str, model: str | None = None, **_: Any) -> list:
+    """The page's one model (with its TracIn checkpoints on MNIST and CIFAR)."""
+    from .jobs import TRAIN_EXAMPLES, TrainJob, estimate_cost
+
+    spec = model_spec(dataset, model)
+    name = checkpoint(dataset, model)
+    n = TRAIN_EXAMPLES.get(dataset, 2336)
+    return [TrainJob(NOTEBOOK, dataset, model, (name,), {}, (dataset, load_kwargs(dataset)),
+                     estimate_cost(spec.arch, n, spec.n_epochs),
+                     expect={name: {"n_epochs": spec.n_epochs, "batch_size": spec.batch_size,
+                                    "patience": spec.patience, "checkpoint_every": spec.checkpoint_every}})]
+
+
+def train_job(exp: Experiment) -> None:
+    """Train (or load when current) the page's model."""
+    get_model(exp, exp.load_data(**load_kwargs(exp.dataset)))
+
+
 def explained_set(splits, n: int | None, seed: int) -> torch.Tensor:
     """The whole test set (paper), or a seeded random ``n`` of it."""
     x, _ = splits.test.tensors()

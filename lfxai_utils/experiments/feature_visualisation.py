@@ -47,6 +47,11 @@ def required_checkpoints(dataset: str, model: str | None = None, *, betas: Itera
     return [D.checkpoint(dataset, p.loss, p.beta, p.run) for p in points(betas)]
 
 
+def training_jobs(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS, **_: Any) -> list:
+    """The visualised VAEs are Claim 3's (β-VAE, run 0): the same jobs."""
+    return [j for j in D.training_jobs(dataset, model, betas=betas, losses=[LOSS], n_runs=1)]
+
+
 def validate(n_steps: int, lr: float, parameterisation: str, units: Sequence[int] | None, latent_dim: int) -> list[int]:
     """Check the parameters; returns the units to draw (all ``latent_dim`` when ``units`` is None)."""
     check_choice("parameterisation", parameterisation, PARAMETERISATIONS)

@@ -51,6 +51,9 @@ EXAMPLE_LABELS = {"dknn": "DKNN", "simplex": "SimplEx", "tracin": "TracIn", "inf
 ARCHS = {"mnist": ("mnist_ae", "mnist_classifier", 4), "cifar10": ("cifar_ae", "cifar_classifier", 16),
          "cifar100": ("cifar_ae", "cifar_classifier", 16)}
 N_EPOCHS, BATCH_SIZE, PATIENCE = 100, 300, 10
+#: Runs whose models keep TracIn checkpoints every 10 epochs (the method sweep's TracIn / influence functions).
+TRACIN_RUNS = (0, 1)
+N_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
 #: Run r seeds its models with seed + r + TASK_SEED_STRIDE·k (k = task index; see :func:`model_seed`).
 TASK_SEED_STRIDE = 100
 #: Integrated Gradients evaluates n_steps (50) copies of every input at once: bound it (CIFAR would need GBs).
@@ -169,7 +172,46 @@ def get_models(exp: Experiment, splits, n_runs: int, *, tasks: Sequence[str] = T
     out = {}
     jobs = [(r, t) for r in range(n_runs) for t in tasks]
     for r, t in tqdm(jobs, desc="models", disable=not exp.progress):
-        spec = model_spec(exp.dataset, t, n_classes, r, tracin=example_method == "tracin")
+        spec = model_spec(exp.dataset, t, n_classes, r, tracin=r in TRACIN_RUNS or example_method == "tracin")
+        name = checkpoint(exp.dataset, t, r)
+        out[(r, t)] = exp.get_model(name, spec, splits.train, data_info=info, fit_kwargs=fit_kwargs,
+                                    seed=model_seed(exp.seed, r, t), desc=name)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ make checkpoints
+def training_jobs(dataset: str, model: str | None = None, *, n_runs: int = 5, tasks: Sequence[str] = TASKS,
+                  **_: Any) -> list:
+    """One job per (run, task) model, run-major (a complete run first)."""
+    from .jobs import TRAIN_EXAMPLES, TrainJob, estimate_cost
+
+    out = []
+    for r in range(int(n_runs)):
+        for t in tasks:
+            spec = model_spec(dataset, t, N_CLASSES[dataset], r, tracin=r in TRACIN_RUNS)
+            name = checkpoint(dataset, t, r)
+            expect = {"n_epochs": spec.n_epochs, "batch_size": spec.batch_size, "patience": spec.patience,
+                      "checkpoint_every": spec.checkpoint_every}
+            out.append(TrainJob(NOTEBOOK, dataset, None, (name,), {"task": t, "run": r}, (dataset, {}),
+                                estimate_cost(spec.arch, TRAIN_EXAMPLES[dataset], spec.n_epochs),
+                                expect={name: expect}))
+    return out
+
+
+def train_job(exp: Experiment, task: str, run: int) -> None:
+    """Train (or load when current) one model of the grid, as :func:`get_models` does for the notebook."""
+    splits = exp.load_data()
+    get_models_for(exp, splits, [(int(run), task)])
+
+
+def get_models_for(exp: Experiment, splits, pairs: Sequence[tuple[int, str]]) -> dict:
+    """:func:`get_models` for explicit ``(run, task)`` pairs."""
+    n_classes = n_classes_of(splits)
+    info = json_data_info(splits)
+    fit_kwargs = {"max_train_examples": 128} if exp.smoke else {}
+    out = {}
+    for r, t in pairs:
+        spec = model_spec(exp.dataset, t, n_classes, r, tracin=r in TRACIN_RUNS)
         name = checkpoint(exp.dataset, t, r)
         out[(r, t)] = exp.get_model(name, spec, splits.train, data_info=info, fit_kwargs=fit_kwargs,
                                     seed=model_seed(exp.seed, r, t), desc=name)

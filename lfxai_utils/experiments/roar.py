@@ -43,7 +43,11 @@ MODELS = (None,)
 METHODS = ("gradient_shap", "integrated_gradients", "random")
 METHOD_LABELS = {"gradient_shap": "GradientSHAP", "integrated_gradients": "Integrated Gradients", "random": "Random"}
 PERCENTS = (10, 20, 50, 70, 100)
-LOSS_COLUMNS = ["method", "percent", "k", "test_loss", "nonzero_removed", "black_images", "checkpoint"]
+#: Retraining seeds per (method, level): seed ``s`` retrains from the initial weights and data order of seed
+#: ``exp.seed + s`` (seed 0 = the base model's own initial weights, as ORIG; ORIG ran one seed).
+N_SEEDS = 3
+LOSS_COLUMNS = ["method", "percent", "run", "k", "test_loss", "nonzero_removed", "black_images", "degenerate",
+                "checkpoint"]
 #: ORIG's CLI runs ``roar_test(..., n_epochs=10)`` (the function default is 100).
 N_EPOCHS = 10
 ANCHOR = ("paper App. C (figure only, no numbers): removing the pixels that label-free GradientSHAP and IG rank "
@@ -120,16 +124,31 @@ def variant(method: str, percent: int) -> str:
     return f"{check_choice('method', method, METHODS).replace('_', '-')}-{int(percent)}"
 
 
-def checkpoint(dataset: str, method: str | None = None, percent: int | None = None) -> str:
-    """The base model (no method) or the model retrained after removing ``percent`` % of pixels by ``method``."""
+def checkpoint(dataset: str, method: str | None = None, percent: int | None = None, run: int = 0) -> str:
+    """The base model (no method) or retraining seed ``run`` after removing ``percent`` % of pixels by ``method``."""
     if method is None:
         return checkpoint_name(CLAIM, dataset, "reconstruction-ae")
-    return checkpoint_name(CLAIM, dataset, "reconstruction-ae", variant=variant(method, percent))
+    return checkpoint_name(CLAIM, dataset, "reconstruction-ae", variant=variant(method, percent), run=int(run))
+
+
+def validate_seeds(n_seeds: Any) -> int:
+    """``n_seeds`` (retraining seeds per level) must be a positive integer."""
+    if isinstance(n_seeds, bool) or int(n_seeds) != n_seeds or int(n_seeds) < 1:
+        raise ValueError(f"n_seeds must be a positive integer (retraining seeds per level; default {N_SEEDS}); "
+                         f"got {n_seeds!r}")
+    return int(n_seeds)
 
 
 def required_checkpoints(dataset: str, model: str | None = None, methods: Sequence[str] = METHODS,
-                         percents: Sequence[int] = PERCENTS) -> list[str]:
-    return [checkpoint(dataset)] + [checkpoint(dataset, m, p) for m in methods for p in percents]
+                         percents: Sequence[int] = PERCENTS, n_seeds: int = N_SEEDS) -> list[str]:
+    methods, percents = validate(methods, percents)
+    return [checkpoint(dataset)] + [checkpoint(dataset, m, p, r) for m in methods for p in percents
+                                    for r in range(validate_seeds(n_seeds))]
+
+
+def retrain_seed(seed: int, run: int) -> int:
+    """Seed of retraining run ``run``: ``seed + run`` (run 0 starts from the base model's initial weights)."""
+    return int(seed) + int(run)
 
 
 def _fit_kwargs(exp: Experiment) -> dict[str, Any]:
@@ -213,10 +232,10 @@ def removal_stats(x: Tensor, mask: Tensor, nonzero: Tensor | None = None) -> dic
 
 
 # ------------------------------------------------------------------------------------------ retraining
-def roar_spec(dataset: str, method: str, percent: int, k: int, base_sha256: str) -> ModelSpec:
-    """The base spec plus the identity of the masking (checked on reload, so stale models are refused)."""
+def roar_spec(dataset: str, method: str, percent: int, k: int, base_sha256: str, run: int = 0) -> ModelSpec:
+    """The base spec plus the identity of the masking and the seed (checked on reload: stale models are refused)."""
     return model_spec(dataset).with_(identity={"roar_method": method, "roar_percent": int(percent), "roar_k": int(k),
-                                               "roar_base_sha256": base_sha256})
+                                               "roar_base_sha256": base_sha256, "run": int(run)})
 
 
 @dataclass
@@ -228,33 +247,69 @@ class Retrained:
     k: int
     mask_sha256: str                 # of the masks computed in this run (from the base model)
     stats: dict[str, float]          # :func:`removal_stats` of those masks
+    inputs_sha256: str = ""          # of what the masks leave of the training images (:func:`effective_digest`)
+
+
+def effective_digest(x: Tensor, mask: Tensor, nonzero: Tensor | None = None) -> str:
+    """sha256 of the pixels a mask really removes (mask ∧ non-zero): equal digests ⇔ identical masked images."""
+    nz = nonzero_pixels(x) if nonzero is None else nonzero
+    return mask_digest(mask.bool() & nz)
 
 
 def retrain(exp: Experiment, splits, scores: Mapping[str, Tensor], percents: Sequence[int],
-            base_manifest: Mapping[str, Any]) -> dict[tuple[str, int], Retrained]:
-    """One autoencoder per (method, percent), trained from the base model's initial weights on the masked images.
+            base_manifest: Mapping[str, Any], runs: Sequence[int] = (0,)) -> dict[tuple[str, int, int], Retrained]:
+    """One autoencoder per (method, percent, run), trained on the masked images: ``{(method, p, run): Retrained}``.
 
-    Every model is built after seeding with ``exp.seed`` (identical initial weights, identical shuffling). Only
-    scores enter here, never an encoder: the explained model cannot change between methods. In inference mode the
-    checkpoints are loaded; they must record this base model's sha256 (else ``CheckpointMismatchError``).
+    Retraining seed ``run`` builds and shuffles with :func:`retrain_seed` (run 0: the base model's own initial
+    weights), the same for every method and level, so methods compare paired by seed. Only scores enter here, never
+    an encoder: the explained model cannot change between methods. In inference mode the checkpoints are loaded;
+    they must record this base model's sha256 (else ``CheckpointMismatchError``).
     """
     x, y = splits.train.tensors()
     nz = nonzero_pixels(x)
     base_sha = base_manifest["file"]["sha256"]
     out = {}
-    jobs = [(m, p) for m in scores for p in percents]
-    for m, p in tqdm(jobs, desc="remove and retrain", disable=not exp.progress):
-        mask = removal_mask(scores[m], p)
-        k, digest, stats = n_removed(p, mask.shape[1]), mask_digest(mask), removal_stats(x, mask, nz)
+    masks = {}
+    jobs = [(m, p, r) for m in scores for p in percents for r in runs]
+    for m, p, r in tqdm(jobs, desc="remove and retrain", disable=not exp.progress):
+        if (m, p) not in masks:
+            mask = removal_mask(scores[m], p)
+            masks = {(m, p): (mask, mask_digest(mask), removal_stats(x, mask, nz), effective_digest(x, mask, nz))}
+        mask, digest, stats, eff = masks[(m, p)]
+        k = n_removed(p, mask.shape[1])
         info = {**json_data_info(splits),
                 "roar": {"method": m, "percent": int(p), "k": k, "masks_from": checkpoint(exp.dataset),
                          "base_sha256": base_sha, "mask_sha256": digest,
                          "removed": "top-k pixels of each training image (sum over channels of |attribution|) set to 0",
                          **stats}}
-        model, manifest = exp.get_model(checkpoint(exp.dataset, m, p), roar_spec(exp.dataset, m, p, k, base_sha),
-                                        (mask_images(x, mask), y), data_info=info, seed=exp.seed,
-                                        fit_kwargs=_fit_kwargs(exp), desc=f"{METHOD_LABELS[m]} {p} %")
-        out[(m, p)] = Retrained(model, manifest, k, digest, stats)
+        model, manifest = exp.get_model(checkpoint(exp.dataset, m, p, r),
+                                        roar_spec(exp.dataset, m, p, k, base_sha, r),
+                                        (mask_images(x, mask), y), data_info=info, seed=retrain_seed(exp.seed, r),
+                                        fit_kwargs=_fit_kwargs(exp), desc=f"{METHOD_LABELS[m]} {p} % seed {r}")
+        out[(m, p, r)] = Retrained(model, manifest, k, digest, stats, eff)
+    return out
+
+
+def degenerate_levels(models: Mapping[tuple[str, int, int], Retrained]) -> dict[tuple[str, int], str]:
+    """Levels that test nothing, per (method, percent): ``{(m, p): reason}`` ('' when the level is informative).
+
+    A level 0 < p < 100 is degenerate when its masks leave every training image black (the inputs equal those of
+    removing every pixel, whatever the method), or when they leave exactly the same images as a lower level of the
+    same method (identical retraining inputs: the retrained models can only differ by chance, or not at all).
+    """
+    out: dict[tuple[str, int], str] = {}
+    levels = sorted({(m, p): r for (m, p, _), r in models.items()}.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    seen: dict[tuple[str, str], int] = {}
+    for (m, p), r in levels:
+        reason = ""
+        if p >= 100:      # the reference level (every pixel removed for every method)
+            pass
+        elif r.stats.get("black_images", 0.0) >= 1.0:
+            reason = "every non-zero pixel of every training image removed (inputs as at 100 %)"
+        elif (m, r.inputs_sha256) in seen and r.inputs_sha256:
+            reason = f"same masked training images as at {seen[(m, r.inputs_sha256)]} %"
+        seen.setdefault((m, r.inputs_sha256), p)
+        out[(m, p)] = reason
     return out
 
 
@@ -276,21 +331,38 @@ def retrained_losses(exp: Experiment, splits, base: nn.Module, models: Mapping[t
 
     base_row = {"percent": 0, "k": 0, "nonzero_removed": 0.0, "checkpoint": checkpoint(exp.dataset),
                 "black_images": float((nonzero_pixels(train_images(splits)).sum(1) == 0).double().mean()),
-                "test_loss": evaluate_loss(base, splits.test, batch_size=batch_size, device=exp.device)}
+                "test_loss": evaluate_loss(base, splits.test, batch_size=batch_size, device=exp.device),
+                "degenerate": ""}
+    degenerate = degenerate_levels(models)
+    runs = sorted({r for _, _, r in models})
     rows = []
-    for m in dict.fromkeys(m for m, _ in models):
-        rows.append({"method": METHOD_LABELS[m], **base_row})
-        rows += [{"method": METHOD_LABELS[m], "percent": int(p), "k": r.k,
-                  "test_loss": loss(r.model, r.manifest["file"]["sha256"]), **r.stats,
-                  "checkpoint": checkpoint(exp.dataset, m, p)} for (mm, p), r in models.items() if mm == m]
+    for m in dict.fromkeys(m for m, _, _ in models):
+        rows += [{"method": METHOD_LABELS[m], "run": r, **base_row} for r in runs]
+        rows += [{"method": METHOD_LABELS[m], "percent": int(p), "run": int(r), "k": rt.k,
+                  "test_loss": loss(rt.model, rt.manifest["file"]["sha256"]), **rt.stats,
+                  "degenerate": degenerate[(m, p)], "checkpoint": checkpoint(exp.dataset, m, p, r)}
+                 for (mm, p, r), rt in models.items() if mm == m]
     return pd.DataFrame(rows, columns=LOSS_COLUMNS)
+
+
+def loss_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd of the test MSE over retraining seeds, per level (rows) and method (columns); degenerate levels
+    are marked with ``*``."""
+    g = df.groupby(["percent", "method"], sort=False)
+    mean, sd, n = g["test_loss"].mean(), g["test_loss"].std(ddof=1), g["test_loss"].count()
+    deg = g["degenerate"].first()
+    cell = {i: f"{mean[i]:.5f}" + (f" ± {sd[i]:.5f}" if n[i] > 1 else "") + (" *" if deg[i] else "")
+            for i in mean.index}
+    out = pd.Series(cell).unstack()
+    out.index.name, out.columns.name = "% removed", None
+    return out[[c for c in dict.fromkeys(df.method) if c in out.columns]]
 
 
 def mask_reproduction(models: Mapping[tuple[str, int], Retrained]) -> pd.DataFrame:
     """Are the masks computed in this run the ones each model was trained on (sha256 in its manifest)?"""
-    return pd.DataFrame([{"method": METHOD_LABELS[m], "percent": int(p),
+    return pd.DataFrame([{"method": METHOD_LABELS[m], "percent": int(p), "run": int(run),
                           "identical": (r.manifest.get("data") or {}).get("roar", {}).get("mask_sha256") == r.mask_sha256}
-                         for (m, p), r in models.items()])
+                         for (m, p, run), r in models.items()])
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -313,15 +385,24 @@ def example_grid(x: Tensor, scores: Mapping[str, Tensor], percents: Sequence[int
 
 
 # ------------------------------------------------------------------------------------------ verdict
+CRITERION = ("at every informative removal level 0 < p < 100 % (degenerate levels, whose masks leave the same "
+             "training images as removing every pixel or as a lower level, excluded), the model retrained without "
+             "the method's top-p % pixels has a higher test MSE (unmasked test set) than the Random-mask model "
+             "retrained from the same seed, for every retraining seed; 'does not hold' if the mean over seeds is "
+             "below Random's at some informative level; 'inconclusive' otherwise or without an informative level")
+
+
 def verdicts(df: pd.DataFrame, dataset: str, *, mean_nonzero: float | None = None,
              n_features: int | None = None) -> list[Verdict]:
-    """Per attribution method: is its retrained test loss above Random's at every level 0 < p < 100 %?
+    """Per attribution method, compared with Random paired by retraining seed at every informative level.
 
-    ``df`` has columns method (labels), percent, test_loss. Inconclusive when Random or the method is missing or
-    no level 0 < p < 100 was run.
+    ``df``: :func:`retrained_losses` (columns method labels, percent, run, test_loss, degenerate). See
+    :data:`CRITERION`.
     """
-    loss = df.set_index(["method", "percent"])["test_loss"]
-    rand = loss["Random"] if "Random" in loss.index.get_level_values(0) else pd.Series(dtype=float)
+    df = df.assign(run=df["run"] if "run" in df else 0, degenerate=df["degenerate"] if "degenerate" in df else "")
+    loss = df.set_index(["method", "percent", "run"])["test_loss"]
+    degen = df.groupby(["method", "percent"])["degenerate"].first()
+    methods = set(df.method)
     context = ""
     if mean_nonzero is not None and n_features:
         context = (f"; a training image has {mean_nonzero:.0f} of {n_features} pixels non-zero on average "
@@ -329,21 +410,70 @@ def verdicts(df: pd.DataFrame, dataset: str, *, mean_nonzero: float | None = Non
     out = []
     for m in ("gradient_shap", "integrated_gradients"):
         label = METHOD_LABELS[m]
-        if label not in loss.index.get_level_values(0):
+        if label not in methods:
             continue
-        mine = loss[label]
-        levels = sorted(p for p in mine.index if 0 < p < 100 and p in rand.index)
-        if not levels:
-            holds, ours = None, "no removal level 0 < p < 100 % with a Random model to compare"
+        levels = sorted(p for p in set(df.percent[df.method == label]) if 0 < p < 100
+                        and "Random" in methods and p in set(df.percent[df.method == "Random"]))
+        skipped = [p for p in levels if degen.get((label, p)) or degen.get(("Random", p))]
+        informative = [p for p in levels if p not in skipped]
+        n_runs = df[(df.method == label) & (df.percent > 0)].run.nunique()
+        if not informative:
+            holds = None
+            ours = ("no informative removal level 0 < p < 100 % with a Random model to compare"
+                    + (f" (degenerate: {', '.join(f'{p} %' for p in skipped)})" if skipped else ""))
         else:
-            above = [p for p in levels if mine[p] > rand[p]]
-            holds = len(above) == len(levels)
-            p20 = min(levels, key=lambda p: abs(p - 20))
-            ours = (f"test MSE at {p20} % removed: {mine[p20]:.4g} vs Random {rand[p20]:.4g}; above Random at "
-                    f"{len(above)}/{len(levels)} levels ({', '.join(f'{p} %' for p in levels)})")
+            diffs = {p: [loss[(label, p, r)] - loss[("Random", p, r)] for r in sorted(set(df.run))
+                         if (label, p, r) in loss.index and ("Random", p, r) in loss.index] for p in informative}
+            every = [p for p in informative if diffs[p] and min(diffs[p]) > 0]
+            below = [p for p in informative if diffs[p] and float(np.mean(diffs[p])) < 0]
+            holds = True if len(every) == len(informative) else (False if below else None)
+            p20 = min(informative, key=lambda p: abs(p - 20))
+            g = df[df.percent == p20].groupby("method")["test_loss"]
+            sd = g.std(ddof=1)
+            fmt = (lambda v, s: f"{v:.4g} ± {s:.2g}" if n_runs > 1 and np.isfinite(s) else f"{v:.4g}")
+            ours = (f"test MSE at {p20} % removed: {fmt(g.mean()[label], sd[label])} vs Random "
+                    f"{fmt(g.mean()['Random'], sd['Random'])} (mean ± sd over {n_runs} seed(s)); above Random for "
+                    f"every seed at {len(every)}/{len(informative)} informative levels "
+                    f"({', '.join(f'{p} %' for p in informative)})"
+                    + (f"; degenerate levels excluded: {', '.join(f'{p} %' for p in skipped)}" if skipped else ""))
+            if holds and n_runs < 2:
+                holds, ours = None, ours + "; a single retraining seed gives no error bar"
         out.append(Verdict("App. C ROAR", dataset, "reconstruction AE", f"retrained test MSE, {label}",
                            ours + context, "higher than Random at every removal level", ANCHOR,
-                           "test MSE (unmasked test set) of the model retrained without the method's top-p % pixels "
-                           "is above the Random-mask model's at every level 0 < p < 100 % (100 % removes every pixel "
-                           "for all methods); one training run per setting", verdict_word(holds)))
+                           CRITERION, verdict_word(holds)))
     return out
+
+
+# ------------------------------------------------------------------------------------------ make checkpoints
+def training_jobs(dataset: str, model: str | None = None, *, methods: Sequence[str] = METHODS,
+                  percents: Sequence[int] = PERCENTS, n_seeds: int = N_SEEDS, **_: Any) -> list:
+    """The base model, then one job per method (its attributions once, every level × seed retrained)."""
+    from .jobs import TRAIN_EXAMPLES, TrainJob, estimate_cost
+
+    methods, percents = validate(methods, percents)
+    n = validate_seeds(n_seeds)
+    spec = model_spec(dataset)
+    expect = {"n_epochs": spec.n_epochs, "batch_size": spec.batch_size, "patience": spec.patience}
+    one = estimate_cost(spec.arch, TRAIN_EXAMPLES[dataset], spec.n_epochs)
+    base = checkpoint(dataset)
+    jobs = [TrainJob(NOTEBOOK, dataset, None, (base,), {}, (dataset, {}), one, expect={base: expect})]
+    for m in methods:
+        names = tuple(checkpoint(dataset, m, p, r) for p in percents for r in range(n))
+        jobs.append(TrainJob(NOTEBOOK, dataset, None, names, {"method": m, "percents": list(percents), "n_seeds": n},
+                             (dataset, {}), one * len(names) + (0 if m == "random" else 240), after=(base,),
+                             expect={nm: expect for nm in names}))
+    return jobs
+
+
+def train_job(exp: Experiment, method: str | None = None, percents: Sequence[int] = PERCENTS,
+              n_seeds: int = N_SEEDS) -> None:
+    """Train (or load when current) the base model, then retrain ``method`` at every level and seed."""
+    splits = load_data(exp)
+    base, base_manifest = get_base_model(exp, splits)
+    if method is None:
+        return
+    from .common import baseline_for
+
+    x = train_images(splits)
+    scores = train_attributions(exp, base.encoder, x, [method], baseline_for(exp.dataset, splits))
+    retrain(exp, splits, scores, percents, base_manifest, runs=range(validate_seeds(n_seeds)))

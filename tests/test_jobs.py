@@ -1,0 +1,155 @@
+"""``make checkpoints``: the job list, what counts as current, the executor-agnostic runner, and a real resumable run."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from lfxai_utils.checkpoints import read_manifest
+from lfxai_utils.experiments import BOOK_CHAPTERS, jobs as J
+from lfxai_utils.fixtures import write_fixture
+
+
+def _pages(*keys):
+    return [p for c in BOOK_CHAPTERS for p in c.pages if any(k == p.key for k in keys)]
+
+
+def test_pages_share_models_and_each_checkpoint_is_one_job():
+    jobs = J.page_jobs(_pages("claim1_feature_consistency__mnist", "claim1_example_consistency__mnist",
+                              "claim2_pretext__mnist", "encoder_vs_decoder__mnist", "claim1_roar__mnist"))
+    names = [n for j in jobs for n in j.names]
+    assert len(names) == len(set(names))
+    assert names.count("claim1_mnist_denoising-ae") == 1              # Claim 1.1 and 1.2 share their model
+    # encoder vs full model reuses the pretext classifiers and denoising AEs: no job of its own
+    assert all(j.notebook != "encoder_vs_decoder" for j in jobs)
+    assert sum(1 for n in names if n.startswith("claim2-pretext_mnist_")) == 20
+    roar = [j for j in jobs if j.notebook == "claim1_roar"]
+    assert len(roar) == 4 and roar[0].names == ("claim1-roar_mnist_reconstruction-ae",)
+    assert all(j.after == roar[0].names for j in roar[1:])            # retraining waits for the base model
+    assert sum(len(j.names) for j in roar[1:]) == 3 * 5 * 3           # methods x levels x seeds
+    # train-only page parameters: the VAE grid trains the paper's 5 runs while the page explains fewer
+    vae = J.page_jobs(_pages("claim3_disentanglement__mnist"))
+    assert len(vae) == 2 * 3 * 5 and vae[0].selector == {"loss": "beta", "beta": 1.0, "run": 0}
+
+
+class InlineExecutor:
+    """A concurrent.futures-style executor that runs each task at submit time (records the order and overlap)."""
+
+    def __init__(self, fn=None):
+        self.order, self.fn = [], fn
+
+    def submit(self, fn, job, *args):
+        self.order.append(job["names"][0])
+        f = Future()
+        f.set_result((self.fn or (lambda j: {"key": j["names"][0], "trained": list(j["names"]), "loaded": [],
+                                              "seconds": 0.0, "error": None}))(job))
+        return f
+
+
+def _job(name, after=(), cost=1.0):
+    return J.TrainJob("claim1_roar", "mnist", None, (name,), {}, ("mnist", {}), cost, after=tuple(after))
+
+
+def test_runner_orders_by_dependencies_and_skips_dependents_of_failures(tmp_path):
+    jobs = [_job("b", after=["a"]), _job("a"), _job("c", after=["b"]), _job("d")]
+    ex = InlineExecutor()
+    res = J.run_jobs(jobs, executor=ex, checkpoint_dir=tmp_path, data_dir=None, log_dir=tmp_path, max_parallel=1,
+                     poll_s=0, progress=False)
+    assert ex.order == ["a", "b", "c", "d"] or ex.order.index("a") < ex.order.index("b") < ex.order.index("c")
+    assert {r["key"] for r in res} == {"a", "b", "c", "d"} and not any(r["error"] for r in res)
+
+    def fail_a(j):
+        return {"key": j["names"][0], "trained": [], "loaded": [], "seconds": 0.0,
+                "error": "boom" if j["names"][0] == "a" else None}
+
+    res = {r["key"]: r for r in J.run_jobs(jobs, executor=InlineExecutor(fail_a), checkpoint_dir=tmp_path,
+                                           data_dir=None, log_dir=tmp_path, poll_s=0, progress=False)}
+    assert res["a"]["error"] == "boom" and "skipped" in res["b"]["error"] and "skipped" in res["c"]["error"]
+    assert res["d"]["error"] is None
+
+
+class ThreadedExecutor:
+    """Runs tasks on threads; records the largest number in flight at once."""
+
+    def __init__(self):
+        self.active, self.peak, self.lock = 0, 0, threading.Lock()
+
+    def submit(self, fn, job, *args):
+        f = Future()
+
+        def work():
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            time.sleep(0.05)
+            with self.lock:
+                self.active -= 1
+            f.set_result({"key": job["names"][0], "trained": [], "loaded": [], "seconds": 0.05, "error": None})
+
+        threading.Thread(target=work).start()
+        return f
+
+
+def test_runner_keeps_at_most_max_parallel_jobs_in_flight(tmp_path):
+    ex = ThreadedExecutor()
+    res = J.run_jobs([_job(str(i)) for i in range(6)], executor=ex, checkpoint_dir=tmp_path, data_dir=None,
+                     log_dir=tmp_path, max_parallel=2, poll_s=0.005, progress=False)
+    assert len(res) == 6 and ex.peak == 2
+
+
+@pytest.mark.slow
+def test_make_checkpoints_trains_what_is_missing_then_nothing_then_what_went_stale(tmp_path, capsys):
+    """A real run (2 worker processes) on a generated MNIST: resumable, and stale when the data changes."""
+    data, ckpt = tmp_path / "data", tmp_path / "ckpt"
+    write_fixture("mnist", data, n_train=60, n_test=20)
+    args = ["--only", "claim1_feature_consistency__mnist", "--jobs", "2", "--checkpoint-dir", str(ckpt),
+            "--data-dir", str(data)]
+    assert J.main(args) == 0
+    name = "claim1_mnist_denoising-ae"
+    first = read_manifest(ckpt, name)
+    assert first["data"]["n_train"] == 60 and first["settings"]["n_epochs"] == 100
+    assert first["training"]["n_train"] == 54 and first["training"]["n_val"] == 6
+    assert first["tracin_checkpoints"] and first["settings"]["checkpoint_every"] == 10
+    capsys.readouterr()
+    assert J.main(args) == 0                                        # everything current: nothing trained
+    assert "1 current, 0 to train" in capsys.readouterr().out
+    assert read_manifest(ckpt, name)["file"] == first["file"]
+    write_fixture("mnist", data, n_train=80, n_test=20, seed=7)      # other data files: the model is stale
+    memo: dict = {}
+    (job,) = J.page_jobs(_pages("claim1_feature_consistency__mnist"))
+    state, why = J.job_state(job, ckpt, data, memo)
+    assert state == "stale" and "other data files" in why
+    assert J.main(args) == 0
+    again = read_manifest(ckpt, name)
+    assert again["data"]["n_train"] == 80 and again["file"]["sha256"] != first["file"]["sha256"]
+    listed = {t["name"] for t in again["tracin_checkpoints"]}
+    on_disk = {p.stem for p in ckpt.glob(f"{name}_epoch*.json")}
+    assert on_disk == listed                                        # no TracIn file of the old model lingers
+
+
+def test_job_state_reads_manifests_data_and_budget(tmp_path, monkeypatch):
+    data, ckpt = tmp_path / "data", tmp_path / "ckpt"
+    write_fixture("mnist", data, n_train=40, n_test=20)
+    (job,) = J.page_jobs(_pages("claim1_feature_consistency__mnist"))
+    memo: dict = {}
+    assert J.job_state(job, ckpt, data, memo)[0] == "missing"
+    info = J._data_info(job.data, data, memo)
+    name = job.names[0]
+    ckpt.mkdir()
+    manifest = {"format": "lfxai_utils.checkpoint/1", "name": name, "file": {"sha256": "x", "size": 1},
+                "settings": dict(job.expect[name]), "data": info}
+    (ckpt / f"{name}.json").write_text(json.dumps(manifest))
+    (ckpt / f"{name}.pt").write_bytes(b"x")
+    assert J.job_state(job, ckpt, data, memo) == ("current", "")
+    (ckpt / f"{name}.json").write_text(json.dumps({**manifest, "settings": {**manifest["settings"], "n_epochs": 20}}))
+    state, why = J.job_state(job, ckpt, data, memo)
+    assert state == "stale" and "n_epochs" in why
+    from lfxai_utils import data as D
+
+    monkeypatch.delenv(D.ENV_VAR, raising=False)
+    monkeypatch.setattr(D, "DEFAULT_DATA_DIR", tmp_path / "empty")
+    assert J.job_state(job, ckpt, tmp_path / "nowhere", {})[0] == "no-data"

@@ -203,6 +203,7 @@ def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
         if (results_dir / "runs.csv").exists():
             lines += ["Every timed run is listed in `bench/results/runs.csv`.", ""]
     lines += _render_if_budget(results_dir / "if_budget.csv")
+    lines += _render_training_throughput(results_dir / "training_throughput.csv")
     timings = results_dir / "book_timings.csv"
     lines += ["## Building the book", ""]
     if timings.exists():
@@ -228,6 +229,51 @@ def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
     else:
         lines += ["No book timings are present in this build (`bench/results/book_timings.csv`).", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_training_throughput(csv: Path) -> list[str]:
+    """The "Training throughput" section, from ``bench/training_throughput.py``'s CSV (``make bench-train``)."""
+    from .training import FAST_PATH
+
+    lines = ["(training-throughput)=", "## Training throughput", ""]
+    if not csv.exists():
+        return lines + ["No measurement is present in this build (`bench/results/training_throughput.csv`); "
+                        "`make bench-train` measures it.", ""]
+    text = csv.read_text()
+    header = text.splitlines()[0].lstrip("# ").strip() if text.startswith("#") else ""
+    df = pd.read_csv(csv, comment="#")
+    lines += [
+        "One optimiser step (forward, loss, backward, Adam) at the paper's batch size, per architecture, under each "
+        "execution option: `eager` (PyTorch's default), `channels_last` (NHWC memory format for weights and image "
+        "batches) and `compile` (`torch.compile` of the loss), with 1 or 2 intra-op threads, and as **2 processes "
+        "at once with one thread each** — how `make checkpoints JOBS=2` trains on this 2-core machine (there the "
+        "images/s column counts both processes). *Agrees*: five seeded steps under the option end with the same "
+        "loss as eager to a relative 1e-3 (the difference is given). "
+        + (f"Measured {_md_escape(header)}." if header else ""), ""]
+    shown = df.assign(**{
+        "step (ms)": [f"{m:,.1f} ({lo:,.1f}–{hi:,.1f})" if pd.notna(m) else "failed"
+                      for m, lo, hi in zip(df.step_ms, df.step_ms_min, df.step_ms_max)],
+        "images/s": df.images_per_s.map(lambda v: "" if pd.isna(v) else f"{v:,.0f}"),
+        "vs eager, 1 thread": df.speedup_vs_eager_1thread.map(lambda v: "" if pd.isna(v) else f"{v:.2f}×"),
+        "agrees": [("yes" if a in (True, "True") else "no") + (f" ({d})" if isinstance(d, str) and d else "")
+                   for a, d in zip(df.agrees, df.loss_rel_diff.fillna(""))],
+    })[["model", "batch", "option", "threads", "processes", "step (ms)", "images/s", "vs eager, 1 thread", "agrees",
+        "notes"]].fillna("")
+    lines += [_md_table(shown), ""]
+    adopted = ", ".join(f"`{a}`: {f}" for a, f in sorted(FAST_PATH.items())) or "none"
+    one = df[(df.threads == 1) & (df.processes == 1)].set_index(["model", "option"])["step_ms"]
+    faster = [m for m in dict.fromkeys(df.model) if (m, "compile") in one.index and (m, "eager") in one.index
+              and one[(m, "compile")] < one[(m, "eager")]]
+    two = df[(df.option == "eager") & (df.processes == 2)].set_index("model")["images_per_s"]
+    thr = df[(df.option == "eager") & (df.threads == 2) & (df.processes == 1)].set_index("model")["images_per_s"]
+    procs = [m for m in two.index if m in thr.index and two[m] > thr[m]]
+    lines += [f"Adopted by the training loop (`lfxai_utils.training.FAST_PATH`, used by `make checkpoints` and every "
+              f"notebook's train mode): {adopted}; every other architecture trains eager and contiguous. "
+              f"`torch.compile` (compile time not counted) was faster than eager on one thread for "
+              f"{len(faster)} of {df.model.nunique()} models" + (f" ({', '.join(faster)})" if faster else "")
+              + f"; two one-thread processes gave more images per second than one two-thread process for "
+              f"{len(procs)} of {len(two)} models" + (f" ({', '.join(procs)})" if procs else "") + ".", ""]
+    return lines
 
 
 def _render_if_budget(csv: Path) -> list[str]:

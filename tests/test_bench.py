@@ -327,3 +327,30 @@ def test_split_note_describes_the_features_split(monkeypatch):
     assert RB.split_note("gradient_shap", 250) == ""  # random: never split
     monkeypatch.setattr(F, "CPU_PROBES_PER_PASS", 100)
     assert "captum calls of 100 images (≤ 100 probes per forward pass)" in RB.split_note("saliency", 250)
+
+
+def test_training_throughput_section_reads_the_csv_and_computes_its_statements(tmp_path):
+    from lfxai_utils.report import render_performance
+
+    rows = [
+        # model, option, threads, processes, step_ms, images_per_s
+        ("A", "eager", 1, 1, 100.0, 3000), ("A", "eager", 2, 1, 80.0, 3750), ("A", "eager", 1, 2, 110.0, 5400),
+        ("A", "compile", 1, 1, 90.0, 3300),
+        ("B", "eager", 1, 1, 10.0, 30000), ("B", "eager", 2, 1, 6.0, 50000), ("B", "eager", 1, 2, 14.0, 42000),
+        ("B", "compile", 1, 1, 12.0, 25000),
+    ]
+    import pandas as pd
+
+    df = pd.DataFrame([dict(arch=m.lower(), model=m, batch=300, option=o, threads=t, processes=p, step_ms=s,
+                            step_ms_min=s, step_ms_max=s, images_per_s=i, speedup_vs_eager_1thread=1.0,
+                            agrees=True, loss_rel_diff="0.0e+00", notes="") for m, o, t, p, s, i in rows])
+    with open(tmp_path / "training_throughput.csv", "w") as f:
+        f.write("# 2026-01-01 00:00 UTC, torch x, 2 CPUs; median of 8 steps\n")
+        df.to_csv(f, index=False)
+    text = render_performance(tmp_path, tmp_path)
+    sec = text[text.index("## Training throughput"):]
+    assert "Measured 2026-01-01 00:00 UTC" in sec
+    assert "faster than eager on one thread for 1 of 2 models (A)" in sec
+    assert "more images per second than one two-thread process for 1 of 2 models (A)" in sec
+    assert "| A | 300 | compile | 1 | 1 | 90.0 (90.0–90.0) | 3,300 |" in sec
+    assert "No measurement is present" in render_performance(tmp_path / "none", tmp_path)

@@ -82,6 +82,31 @@ def test_train_mode_retrains_unless_reuse(tmp_path):
     fresh = _setup(tmp_path, mode="train")
     fresh.get_model("m", _tiny_spec(), splits.train, data_info=info)
     assert fresh.trained == ["m"]
+    # reuse only what is current: another budget or other data files mean retraining (make checkpoints relies on it)
+    bigger = _setup(tmp_path, mode="train", reuse_checkpoints=True)
+    bigger.get_model("m", _tiny_spec().with_(n_epochs=2), splits.train, data_info=info)
+    assert bigger.trained == ["m"]
+    other = {**info, "files": [{**f, "sha256": "0" * 64} for f in info["files"]]}
+    moved = _setup(tmp_path, mode="train", reuse_checkpoints=True)
+    moved.get_model("m", _tiny_spec().with_(n_epochs=2), splits.train, data_info=other)
+    assert moved.trained == ["m"]
+    same = _setup(tmp_path, mode="train", reuse_checkpoints=True)
+    same.get_model("m", _tiny_spec().with_(n_epochs=2), splits.train, data_info=other)
+    assert same.loaded == ["m"] and same.trained == []
+
+
+def test_stale_reasons_name_each_difference():
+    man = {"settings": {"arch": "a", "n_epochs": 100, "batch_size": 300, "seed": 1, "checkpoint_every": 10},
+           "data": {"files": [{"path": "f", "sha256": "1"}], "n_train": 60000}}
+    now = {"arch": "a", "n_epochs": 100, "batch_size": 300, "seed": 1, "checkpoint_every": 10}
+    info = {"files": [{"path": "f", "sha256": "1"}], "n_train": 60000}
+    assert common.stale_reasons(man, now, info) == []
+    assert common.stale_reasons(man, {**now, "n_epochs": 20}, info) == ["n_epochs: checkpoint=100, now=20"]
+    no_tracin = {k: v for k, v in now.items() if k != "checkpoint_every"}
+    assert common.stale_reasons(man, no_tracin, info) == ["checkpoint_every: checkpoint=10, now=<absent>"]
+    assert common.stale_reasons(man, now, {**info, "files": [{"path": "f", "sha256": "2"}]}) == \
+        ["data files differ: f"]
+    assert common.stale_reasons(man, now, {**info, "n_train": 10000}) == ["data.n_train differs"]
 
 
 def test_baselines(tmp_path):

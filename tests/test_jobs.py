@@ -107,9 +107,10 @@ def test_make_checkpoints_trains_what_is_missing_then_nothing_then_what_went_sta
     data, ckpt = tmp_path / "data", tmp_path / "ckpt"
     write_fixture("mnist", data, n_train=60, n_test=20)
     args = ["--only", "claim1_feature_consistency__mnist", "--jobs", "2", "--checkpoint-dir", str(ckpt),
-            "--data-dir", str(data)]
+            "--data-dir", str(data), "--log-dir", str(tmp_path / "logs")]
     assert J.main(args) == 0
     name = "claim1_mnist_denoising-ae"
+    assert "training every model into" in (tmp_path / "logs" / f"{name}.log").read_text()   # the job's own log
     first = read_manifest(ckpt, name)
     assert first["data"]["n_train"] == 60 and first["settings"]["n_epochs"] == 100
     assert first["training"]["n_train"] == 54 and first["training"]["n_val"] == 6
@@ -129,6 +130,29 @@ def test_make_checkpoints_trains_what_is_missing_then_nothing_then_what_went_sta
     listed = {t["name"] for t in again["tracin_checkpoints"]}
     on_disk = {p.stem for p in ckpt.glob(f"{name}_epoch*.json")}
     assert on_disk == listed                                        # no TracIn file of the old model lingers
+
+
+def test_saving_a_retrained_model_removes_tracin_files_its_manifest_no_longer_lists(tmp_path):
+    from lfxai_utils.checkpoints import save_checkpoint
+    from lfxai_utils.models import build_model
+    from lfxai_utils.training import TrainResult
+
+    model = build_model("mnist_classifier", latent_dim=2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def result(epochs):
+        return TrainResult(history=[{"epoch": 0}], best_epoch=0, epochs_run=1, best_val_loss=None,
+                           final_train_loss=0.0, seed=0, n_train=1, n_val=0,
+                           tracin_checkpoints=[(e, state) for e in epochs])
+
+    save_checkpoint(model, tmp_path, "m", settings={}, data_info={}, train_result=result([0, 10, 20]))
+    save_checkpoint(model, tmp_path, "m_epoch100x", settings={}, data_info={})        # not one of m's files
+    assert {p.name for p in tmp_path.glob("m_epoch*.pt")} == {"m_epoch0.pt", "m_epoch10.pt", "m_epoch20.pt",
+                                                              "m_epoch100x.pt"}
+    save_checkpoint(model, tmp_path, "m", settings={}, data_info={}, train_result=result([0]))
+    assert {p.name for p in tmp_path.glob("m_epoch*")} == {"m_epoch0.pt", "m_epoch0.json", "m_epoch100x.pt",
+                                                           "m_epoch100x.json"}
+    assert [t["name"] for t in read_manifest(tmp_path, "m")["tracin_checkpoints"]] == ["m_epoch0"]
 
 
 def test_job_state_reads_manifests_data_and_budget(tmp_path, monkeypatch):

@@ -293,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the jobs and their state, then exit")
     ap.add_argument("--checkpoint-dir", default=str(REPO_ROOT / "checkpoints"))
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--log-dir", default=str(LOG_DIR), help="one log file per job (default _build/train-logs)")
     ap.add_argument("--max-jobs", type=int, default=None, help="start at most this many jobs (cheapest first)")
     args = ap.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
@@ -318,16 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.max_jobs is not None:
         todo = sorted(todo, key=lambda j: j.cost_s)[:args.max_jobs]
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        ex = make_executor(args.executor, args.jobs, args.threads, LOG_DIR)
+        ex = make_executor(args.executor, args.jobs, args.threads, log_dir)
         if hasattr(ex, "__exit__"):
             stack.enter_context(ex)
-        results = run_jobs(todo, executor=ex, checkpoint_dir=ckpt, data_dir=data_dir, log_dir=LOG_DIR,
+        results = run_jobs(todo, executor=ex, checkpoint_dir=ckpt, data_dir=data_dir, log_dir=log_dir,
                            threads=args.threads, max_parallel=args.jobs)
     bad = [r for r in results if r.get("error")]
     for r in bad:
-        print(f"FAILED {r['key']}: {r['error']} (log: {r.get('log', LOG_DIR)})", file=sys.stderr)
+        print(f"FAILED {r['key']}: {r['error']} (log: {r.get('log', log_dir)})", file=sys.stderr)
     print(f"{len(results) - len(bad)} jobs finished, {len(bad)} failed; `python -m lfxai_utils.checkpoints "
           "checkpoints/` refreshes checkpoints/README.md")
     return 1 if bad else 0

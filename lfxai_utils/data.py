@@ -375,7 +375,51 @@ def verify_file(root: Path | str, rel: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Download
 # ----------------------------------------------------------------------------------------------------------
+#: Seconds to wait for a dataset host to accept a connection (and for any socket operation while downloading):
+#: an offline machine gets its "not found" error in seconds instead of hanging.
+CONNECT_TIMEOUT = 5.0
+
+
+def _hosts(name: str) -> list[tuple[str, int]]:
+    from urllib.parse import urlsplit
+
+    urls = [m for m in MNIST_MIRRORS] if name == "mnist" else [{"cifar10": CIFAR10_URL, "cifar100": CIFAR100_URL,
+                                                                 "ecg5000": ECG_URL, "dsprites": DSPRITES_URL}[name]]
+    out = []
+    for u in urls:
+        parts = urlsplit(u)
+        out.append((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
+    return out
+
+
+def check_reachable(name: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise ``ConnectionError`` unless some host that serves ``name`` accepts a TCP connection within ``timeout`` s."""
+    import socket
+
+    errors = []
+    for host, port in _hosts(name):
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            return
+        except OSError as err:   # includes socket.timeout and DNS failures (socket.gaierror)
+            errors.append(f"{host}:{port}: {type(err).__name__}: {err or 'timed out'}")
+    raise ConnectionError("no download host reachable (" + "; ".join(errors) + ")")
+
+
 def _download(name: str, root: Path) -> None:
+    """Download ``name`` into ``root`` (checksum-verified); fails within seconds when its hosts are unreachable."""
+    import socket
+
+    check_reachable(name)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(max(CONNECT_TIMEOUT, 30.0))    # a stalled transfer fails instead of hanging
+    try:
+        _download_files(name, root)
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _download_files(name: str, root: Path) -> None:
     from torchvision.datasets.utils import download_url, extract_archive
 
     root.mkdir(parents=True, exist_ok=True)

@@ -173,13 +173,56 @@ def test_pairing_agreement_is_pearson():
     assert fc.pairing_agreement({"gradient_shap": a}) is None
 
 
-def test_missing_data_in_inference_mode_names_both_fixes(tmp_path, monkeypatch):
-    """Inference mode does not download: the error says how to fetch the data, and how to train instead."""
+def test_missing_data_in_inference_mode_downloads_unless_in_the_book(tmp_path, monkeypatch):
+    """Inference mode downloads missing data; the book build (LFXAI_BOOK) never does."""
+    from lfxai_utils import data as D
+
     monkeypatch.delenv("LFXAI_DATA_DIR", raising=False)
+    monkeypatch.delenv("LFXAI_BOOK", raising=False)
+    monkeypatch.delenv("LFXAI_NO_DOWNLOAD", raising=False)
+    calls = []
+
+    def fake_download(name, root):
+        calls.append((name, root))
+        write_fixture(name, root, n_train=20, n_test=10)
+
+    monkeypatch.setattr(D, "_download", fake_download)
     exp = _setup(tmp_path, dataset="cifar10")
+    splits = exp.load_data()
+    assert calls == [("cifar10", tmp_path / "data")] and len(splits.train) == 20
+    monkeypatch.setenv("LFXAI_BOOK", "1")
+    book = _setup(tmp_path / "b", dataset="cifar10")
+    with pytest.raises(common.DatasetNotFoundError, match="book build never downloads"):
+        book.load_data()
+    assert len(calls) == 1
+
+
+def test_offline_download_fails_within_seconds_with_every_fix_named(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from lfxai_utils import data as D
+
+    monkeypatch.delenv("LFXAI_DATA_DIR", raising=False)
+    monkeypatch.delenv("LFXAI_BOOK", raising=False)
+    asked = []
+
+    def hang(addr, timeout=None):     # a black-holed network: connect() never answers before the timeout
+        asked.append((addr, timeout))
+        time.sleep(min(timeout, 0.2))
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    exp = _setup(tmp_path, dataset="cifar10")
+    t0 = time.perf_counter()
     with pytest.raises(common.DatasetNotFoundError) as err:
         exp.load_data()
+    assert time.perf_counter() - t0 < 15
+    assert asked and all(t == D.CONNECT_TIMEOUT <= 5 for _, t in asked)
+    assert asked[0][0] == ("www.cs.toronto.edu", 443)
     msg = str(err.value)
+    assert "no download host reachable" in msg and "www.cs.toronto.edu:443" in msg
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
     assert "cifar-10-batches-py" in msg                                    # the loader's own list of files
     assert "load_dataset('cifar10')" in msg
     assert ("papermill notebooks/claim1_feature_consistency.ipynb out.ipynb -p dataset cifar10 -p mode train"

@@ -177,3 +177,31 @@ def test_job_state_reads_manifests_data_and_budget(tmp_path, monkeypatch):
     monkeypatch.delenv(D.ENV_VAR, raising=False)
     monkeypatch.setattr(D, "DEFAULT_DATA_DIR", tmp_path / "empty")
     assert J.job_state(job, ckpt, tmp_path / "nowhere", {})[0] == "no-data"
+
+
+def test_pages_follow_the_order_of_the_patterns_and_an_exact_key_selects_one_page():
+    pages = [p for c in BOOK_CHAPTERS for p in c.pages]
+    keys = [p.key for p in J.select_pages(pages, ["claim2_pretext__cifar10", "claim1_feature_consistency__mnist"])]
+    assert keys == ["claim2_pretext__cifar10", "claim1_feature_consistency__mnist"]     # not cifar100
+    assert [p.key for p in J.select_pages(pages, ["simclr"])] == [
+        "claim1_feature_consistency__cifar10-simclr", "claim1_example_consistency__cifar10-simclr"]
+    assert J.select_pages(pages, []) == pages
+
+
+def test_a_page_epoch_cap_sets_the_budget_the_tracin_interval_and_the_cost():
+    (job,) = J.page_jobs(_pages("claim1_feature_consistency__cifar10"))
+    name = job.names[0]
+    assert job.expect[name]["n_epochs"] == 10 and job.exp_params == {"n_epochs": 10}
+    assert job.expect[name]["checkpoint_every"] == 2                  # 5 TracIn checkpoints in 10 epochs
+    (full,) = J.page_jobs([p.__class__(p.notebook, p.dataset, p.title, p.model, p.params, {})
+                           for p in _pages("claim1_feature_consistency__cifar10")])
+    assert full.expect[name]["n_epochs"] == 100 and full.expect[name]["checkpoint_every"] == 10
+    assert job.cost_s == pytest.approx(full.cost_s / 10)
+
+
+def test_capped_checkpoint_interval_keeps_several_tracin_checkpoints():
+    from lfxai_utils.experiments.common import capped_checkpoint_every as cap
+
+    assert cap(10, 100, 100) == 10 and cap(10, 100, 200) == 10 and cap(None, 100, 10) is None
+    assert cap(10, 100, 10) == 2 and cap(25, 150, 3) == 1 and cap(10, 100, 60) == 10
+    assert len(range(0, 10, cap(10, 100, 10))) == 5

@@ -163,6 +163,24 @@ def _check_identity(manifest: Mapping[str, Any], identity: Mapping[str, Any], na
                                       + f"\nRetrain it: {hint}")
 
 
+#: TracIn checkpoints kept when a model's epochs are capped below the paper's (``n_epochs``): evenly spaced.
+CAPPED_TRACIN_CHECKPOINTS = 5
+
+
+def capped_checkpoint_every(every: int | None, paper_epochs: int, n_epochs: int) -> int | None:
+    """TracIn checkpoint interval under an epoch cap: the paper's interval, or, when the cap leaves fewer than
+    :data:`CAPPED_TRACIN_CHECKPOINTS` checkpoints, ``n_epochs // 5`` (at least 1) so that TracIn still sums over
+    several points of training (e.g. 10 epochs: epochs 0, 2, 4, 6, 8)."""
+    if not every or n_epochs >= paper_epochs:
+        return every
+    return min(every, max(1, int(n_epochs) // CAPPED_TRACIN_CHECKPOINTS))
+
+
+def downloads_allowed() -> bool:
+    """Notebooks download missing data unless run by the book builder (``LFXAI_BOOK``) or ``LFXAI_NO_DOWNLOAD``."""
+    return not (os.environ.get("LFXAI_BOOK") or os.environ.get("LFXAI_NO_DOWNLOAD"))
+
+
 # ------------------------------------------------------------------------------------------ the experiment
 @dataclass
 class Experiment:
@@ -208,20 +226,24 @@ class Experiment:
 
     # -------------------------------------------------------------- data
     def load_data(self, dataset: str | None = None, **kwargs: Any) -> DatasetSplits:
-        """:func:`~lfxai_utils.data.load_dataset` with this run's data folder (downloads only in train mode)."""
+        """:func:`~lfxai_utils.data.load_dataset` with this run's data folder.
+
+        Missing data is downloaded (checksum-verified) in both modes, except inside the book build (``LFXAI_BOOK``
+        set: pages never download) or with ``LFXAI_NO_DOWNLOAD`` set; offline, the error comes within seconds.
+        """
         name = dataset or self.dataset
-        kwargs.setdefault("download", self.mode == "train")
+        kwargs.setdefault("download", downloads_allowed())
         kwargs.setdefault("progress", self.progress)
         with warnings.catch_warnings(record=True) as caught:   # printed below, without the source path
             warnings.simplefilter("always")
             try:
                 splits = load_dataset(name, data_dir=self.data_dir, **kwargs)
             except DatasetNotFoundError as err:
-                if kwargs["download"]:
-                    raise
+                why = ("Downloads are off here (the book build never downloads; LFXAI_NO_DOWNLOAD is set or "
+                       "download=False)" if not kwargs["download"] else "The download failed (see above)")
                 raise DatasetNotFoundError(
-                    f"{err}\n\nIn inference mode the notebooks do not download. To download {name!r} (checksum-"
-                    f"verified, into the repository's data/ folder) without training anything:\n"
+                    f"{err}\n\n{why}. To download {name!r} (checksum-verified, into the repository's data/ "
+                    f"folder) on a machine with internet access, without training anything:\n"
                     f"  python -c \"from lfxai_utils.data import load_dataset; load_dataset({name!r})\"\n"
                     f"then run this notebook again; or train every model this page needs (downloads the data "
                     f"too): {self.papermill_command('train')}") from None
@@ -280,6 +302,7 @@ class Experiment:
                       checkpoint_every=spec.checkpoint_every)
         if self.n_epochs is not None:
             budget["n_epochs"] = self.n_epochs
+            budget["checkpoint_every"] = capped_checkpoint_every(spec.checkpoint_every, spec.n_epochs, self.n_epochs)
         if self.smoke:
             budget.update(SMOKE_TRAINING)
             if spec.checkpoint_every:

@@ -41,7 +41,7 @@ LOG_DIR = REPO_ROOT / "_build" / "train-logs"
 #: Training examples per dataset after the 10 % validation hold-out (for cost estimates only).
 TRAIN_EXAMPLES = {"mnist": 54_000, "cifar10": 45_000, "cifar100": 45_000, "dsprites": 597_197}
 SECONDS_PER_IMAGE = {"mnist_ae": 1.5e-4, "mnist_classifier": 6e-5, "vae": 6.6e-4, "cifar_ae": 2.7e-3,
-                     "cifar_classifier": 1.2e-3, "ecg_ae": 1e-3, "simclr": 5e-2}
+                     "cifar_classifier": 1.7e-3, "ecg_ae": 5e-3, "simclr": 5e-2}
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class TrainJob:
     cost_s: float = 60.0
     after: tuple[str, ...] = ()
     expect: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    exp_params: Mapping[str, Any] = field(default_factory=dict)    # passed to ``common.setup`` (e.g. n_epochs)
 
     @property
     def key(self) -> str:
@@ -75,8 +76,33 @@ def estimate_cost(arch: str, n_train: int, n_epochs: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------ job list
+def with_epoch_cap(job: TrainJob, n_epochs: int | None) -> TrainJob:
+    """``job`` trained under the page's ``n_epochs`` cap (its expected budget and TracIn interval follow)."""
+    from dataclasses import replace
+
+    from .common import capped_checkpoint_every
+
+    if n_epochs is None:
+        return job
+    expect = {}
+    for name, e in job.expect.items():
+        e = dict(e)
+        paper = int(e.get("n_epochs") or n_epochs)
+        if e.get("checkpoint_every"):
+            e["checkpoint_every"] = capped_checkpoint_every(e["checkpoint_every"], paper, int(n_epochs))
+        e["n_epochs"] = int(n_epochs)
+        expect[name] = e
+    scale = min(1.0, int(n_epochs) / max(int(max((e.get("n_epochs") or n_epochs) for e in job.expect.values())
+                                             if job.expect else n_epochs), 1))
+    return replace(job, expect=expect, exp_params={**job.exp_params, "n_epochs": int(n_epochs)},
+                   cost_s=job.cost_s * scale)
+
+
 def page_jobs(pages) -> list[TrainJob]:
-    """The training jobs of ``pages`` (book pages), each checkpoint once (pages share models)."""
+    """The training jobs of ``pages`` (book pages) in page order, each checkpoint once (pages share models).
+
+    A page's train-mode ``n_epochs`` (a stated CPU budget, e.g. CIFAR-10) caps its jobs (:func:`with_epoch_cap`).
+    """
     from . import module_for
 
     out: dict[tuple[str, ...], TrainJob] = {}
@@ -92,7 +118,7 @@ def page_jobs(pages) -> list[TrainJob]:
             if not new:
                 continue
             seen.update(job.names)
-            out[job.names] = job
+            out[job.names] = with_epoch_cap(job, params.get("n_epochs"))
     return list(out.values())
 
 
@@ -178,7 +204,8 @@ def run_job(job: dict, checkpoint_dir: str, data_dir: str | None, log_dir: str, 
             with tempfile.TemporaryDirectory(prefix="lfxai-job-") as tmp:
                 exp = setup(job["notebook"], dataset=job["dataset"], model=job["model"], mode="train",
                             reuse_checkpoints=True, checkpoint_dir=checkpoint_dir, data_dir=data_dir,
-                            output_dir=tmp, progress=False, datasets=mod.DATASETS, models=mod.MODELS)
+                            output_dir=tmp, progress=False, datasets=mod.DATASETS, models=mod.MODELS,
+                            n_epochs=(job.get("exp_params") or {}).get("n_epochs"))
                 mod.train_job(exp, **job["selector"])
             out["trained"], out["loaded"] = list(exp.trained), list(exp.loaded)
         except BaseException as err:  # noqa: BLE001 - report, do not kill the pool
@@ -282,11 +309,26 @@ def run_jobs(jobs: Sequence[TrainJob], *, executor, checkpoint_dir: Path, data_d
     return results
 
 
+def select_pages(pages, patterns: Sequence[str]) -> list:
+    """Pages whose key contains a pattern (a pattern equal to a page key selects that page only), in the order
+    of the patterns (the first pattern's pages train first); every page, in the book's order, without patterns."""
+    if not patterns:
+        return list(pages)
+    keys = {p.key for p in pages}
+    out: dict[str, Any] = {}
+    for s in patterns:
+        for p in pages:
+            if (p.key == s if s in keys else s in p.key):
+                out.setdefault(p.key, p)
+    return list(out.values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from . import BOOK_CHAPTERS
 
     ap = argparse.ArgumentParser(prog="python -m lfxai_utils.experiments.jobs", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", action="append", default=[], help="only pages whose key contains this (repeatable)")
+    ap.add_argument("--only", action="append", default=[],
+                    help="only pages whose key contains this (repeatable; pages train in the order of the patterns)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", 2)), help="worker processes (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per worker (default 1)")
     ap.add_argument("--executor", default="local", help="local (processes on this machine) or slurm (submitit)")
@@ -298,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         ap.error("--jobs and --threads must be positive")
-    pages = [p for c in BOOK_CHAPTERS for p in c.pages if not args.only or any(s in p.key for s in args.only)]
+    pages = select_pages([p for c in BOOK_CHAPTERS for p in c.pages], args.only)
     if not pages:
         print(f"no page key contains {' or '.join(map(repr, args.only))}", file=sys.stderr)
         return 2

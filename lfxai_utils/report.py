@@ -9,7 +9,7 @@ import datetime as _dt
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -337,8 +337,47 @@ def manifest_table(manifests: dict) -> pd.DataFrame:
     for name, m in manifests.items():
         tr = m.get("training") or {}
         data = m.get("data") or {}
+        settings = m.get("settings") or {}
+        n_tr, n_val = tr.get("n_train"), tr.get("n_val")
+        examples = (f"{n_tr:,} train / {n_val:,} val" if isinstance(n_tr, int) and isinstance(n_val, int)
+                    else f"{data.get('n_train', '?')} in the training split")
+        epochs, budget, best = tr.get("epochs_run"), settings.get("n_epochs"), tr.get("best_epoch")
         rows.append({"checkpoint": name, "arch": m.get("arch"), "parameters": m.get("n_parameters"),
-                     "trained on": f"{data.get('name', '?')} ({data.get('n_train', '?')} train)",
-                     "epochs run": tr.get("epochs_run"), "best val loss": tr.get("best_val_loss"),
+                     "data": f"{data.get('name', '?')}: {examples}",
+                     "epochs run / budget": f"{epochs} / {budget}" if budget else epochs,
+                     "best epoch": best, "stopped early": tr.get("stopped_early"),
+                     "best val loss": tr.get("best_val_loss"),
                      "seed": tr.get("seed"), "sha256": (m.get("file") or {}).get("sha256", "")[:12]})
     return pd.DataFrame(rows)
+
+
+def training_diagnostics(manifests: dict, paper_epochs: "int | Mapping[str, int] | None" = None) -> dict:
+    """How well trained a page's models are: counts of models stopped by early stopping, still improving at the
+    end of their budget (best epoch = last epoch), and trained below the paper's epochs; and a sentence for verdicts.
+
+    A model is *converged* when early stopping ended its training (patience exhausted); a model whose budget ran
+    out while it was still improving is not, and a verdict resting on such models says so.
+    """
+    n = len(manifests)
+    improving, capped, stopped = [], [], []
+    paper = {}
+    for name, m in manifests.items():
+        tr, st = m.get("training") or {}, m.get("settings") or {}
+        paper[name] = paper_epochs.get(name) if isinstance(paper_epochs, Mapping) else paper_epochs
+        if tr.get("stopped_early"):
+            stopped.append(name)
+        elif tr.get("best_epoch") is not None and tr.get("best_epoch") == (tr.get("epochs_run") or 0) - 1:
+            improving.append(name)
+        if paper[name] and (st.get("n_epochs") or paper[name]) < paper[name]:
+            capped.append(name)
+    under = [c for c in capped if c in improving]
+    parts = []
+    if capped:
+        budgets = sorted({(manifests[c].get("settings") or {}).get("n_epochs") for c in capped})
+        papers = sorted({paper[c] for c in capped})
+        parts.append(f"{len(capped)} of {n} models trained for {', '.join(map(str, budgets))} epochs "
+                     f"(paper: {', '.join(map(str, papers))})")
+    if improving:
+        parts.append(f"{len(improving)} of {n} still improving when their budget ran out (best epoch = last)")
+    return {"n": n, "early_stopped": stopped, "still_improving": improving, "capped": capped,
+            "undertrained": under, "sentence": "; ".join(parts)}

@@ -227,3 +227,25 @@ def test_offline_download_fails_within_seconds_with_every_fix_named(tmp_path, mo
     assert "load_dataset('cifar10')" in msg
     assert ("papermill notebooks/claim1_feature_consistency.ipynb out.ipynb -p dataset cifar10 -p mode train"
             in msg)
+
+
+def test_verdicts_on_models_cut_below_the_paper_budget_and_still_improving_are_inconclusive(tmp_path):
+    from lfxai_utils.report import Verdict
+
+    write_fixture("mnist", tmp_path / "data", n_train=64, n_test=16)
+    v = Verdict("c", "mnist", "m", "q", "0.5", "0.4", "src", "above 0.3", "holds")
+    capped = _setup(tmp_path, mode="train", n_epochs=1, output_dir=str(tmp_path / "o1"))
+    splits = capped.load_data()
+    info = common.json_data_info(splits)
+    capped.get_model("m", _tiny_spec().with_(n_epochs=5), splits.train, data_info=info)
+    diag = capped.training_diagnostics()
+    assert diag["capped"] == ["m"] and diag["still_improving"] == ["m"] and diag["undertrained"] == ["m"]
+    assert "1 of 1 models trained for 1 epochs (paper: 5)" in diag["sentence"]
+    (row,) = capped.write_summary([v]).to_dict("records")
+    assert row["verdict"] == "inconclusive" and "not like-for-like" in row["ours"]
+    assert "at this budget the criterion gives: holds" in row["ours"]
+    # trained at the paper's own budget: the verdict stands (like-for-like with the paper)
+    full = _setup(tmp_path, mode="train", output_dir=str(tmp_path / "o2"), checkpoint_dir=str(tmp_path / "c2"))
+    full.get_model("m", _tiny_spec(), splits.train, data_info=info)
+    assert full.training_diagnostics()["undertrained"] == []
+    assert full.write_summary([v]).verdict.tolist() == ["holds"]

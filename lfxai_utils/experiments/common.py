@@ -201,6 +201,9 @@ class Experiment:
     progress: bool = True
     trained: list[str] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)
+    #: every model this run loaded or trained: manifest, and the paper's epoch budget for it (for the diagnostics)
+    manifests: dict[str, dict] = field(default_factory=dict)
+    paper_epochs: dict[str, int] = field(default_factory=dict)
 
     # -------------------------------------------------------------- mode helpers
     @property
@@ -282,6 +285,7 @@ class Experiment:
                 stale = [] if self.mode == "inference" else stale_reasons(manifest, saved_settings, data_info)
                 if not stale:
                     self.loaded.append(name)
+                    self.manifests[name], self.paper_epochs[name] = manifest, spec.n_epochs
                     return model.to(self.device).eval(), manifest
                 print(f"retraining {name}: " + "; ".join(stale))
             except CheckpointNotFoundError:
@@ -294,7 +298,9 @@ class Experiment:
         save_checkpoint(model, self.checkpoint_dir, name, data_info=data_info, train_result=result,
                         settings=saved_settings)
         self.trained.append(name)
-        return model.to(self.device).eval(), read_manifest(self.checkpoint_dir, name)
+        manifest = read_manifest(self.checkpoint_dir, name)
+        self.manifests[name], self.paper_epochs[name] = manifest, spec.n_epochs
+        return model.to(self.device).eval(), manifest
 
     def budget(self, spec: ModelSpec, fit_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`~lfxai_utils.training.fit` this run trains ``spec`` with."""
@@ -327,11 +333,28 @@ class Experiment:
                 fig.savefig(f, format=suffix[1:], bbox_inches="tight", dpi=150)
         return path.with_suffix(".png")
 
+    def training_diagnostics(self) -> dict:
+        """:func:`~lfxai_utils.report.training_diagnostics` of every model this run used."""
+        from ..report import training_diagnostics
+
+        return training_diagnostics(self.manifests, self.paper_epochs)
+
     def write_summary(self, verdicts: Sequence[Verdict]) -> pd.DataFrame:
+        """Write ``summary.csv``. A verdict resting on a model trained below the paper's epochs that was still
+        improving when its budget ran out is not like-for-like: it becomes "inconclusive", saying why and what the
+        criterion gave at this budget. Smoke runs never give a verdict."""
         if self.smoke:
             verdicts = [replace(v, verdict="inconclusive",
                                 criterion=v.criterion + " [smoke run on generated data: no verdict]")
                         for v in verdicts]
+        else:
+            diag = self.training_diagnostics()
+            if diag["undertrained"]:
+                note = (f" [not like-for-like: {diag['sentence']}; {len(diag['undertrained'])} model(s) trained "
+                        "below the paper's budget were still improving, so the claim is not tested yet]")
+                verdicts = [v if v.verdict == "inconclusive" else
+                            replace(v, verdict="inconclusive", ours=v.ours + note + f" (at this budget the "
+                                    f"criterion gives: {v.verdict})") for v in verdicts]
         return write_summary(verdicts, self.output_dir)
 
 

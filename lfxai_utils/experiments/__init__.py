@@ -85,6 +85,37 @@ TRAIN_PARAMS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+#: Why a page is not executed on this project's machines, beyond what the book's readiness check finds, keyed by
+#: (notebook or None for every notebook, dataset, model); shown on the page's "not run here" note.
+NOT_RUN_NOTES: dict[tuple[str | None, str, str | None], str] = {
+    (None, "cifar100", None): (
+        "CIFAR-100 is not reachable from the machines this book is built on: no CIFAR-100 training image exists "
+        "anywhere they can reach (only its first 1,000 test images), so no model could be trained or explained "
+        "here. A machine with internet access downloads the official tarball (checksum-verified) with "
+        "`python -c \"from lfxai_utils.data import load_dataset; load_dataset('cifar100')\"`, then trains the "
+        "page's models with `make checkpoints BOOK_ARGS=\"--only cifar100\"` (or the papermill command below)."),
+    (None, "dsprites", None): (
+        "dSprites is not reachable from the machines this book is built on (no copy of any kind); a machine with "
+        "internet access downloads the official `.npz` (checksum-verified) and trains the 30 VAEs of the grid "
+        "(about 8 h on one GPU: `make checkpoints BOOK_ARGS=\"--only dsprites\"`)."),
+    (None, "cifar10", "simclr"): (
+        "The paper's SimCLR ResNet-18 needs a GPU: 100 epochs of contrastive training over 50,000 CIFAR-10 images "
+        "is about 40 min on one modern GPU and several days on this 2-core CPU. On a GPU machine, "
+        "`make checkpoints BOOK_ARGS=\"--only simclr\"` trains it in one command (the same job the notebook's "
+        "train mode runs), after which `make book` executes this page."),
+    ("claim1_roar", "cifar10", None): (
+        "ROAR on CIFAR-10 retrains 46 CIFAR autoencoders (3 methods × 5 levels × 3 seeds + the base model): about "
+        "15 h on this CPU and 180 MB of checkpoints, over the 120 MiB this project allows for CIFAR-10. FACT's port "
+        "of it was never run either (experiments.md §4). `make checkpoints BOOK_ARGS=\"--only claim1_roar__cifar10\"` "
+        "trains it where a GPU is available."),
+}
+
+
+def not_run_note(notebook: str, dataset: str, model: str | None = None) -> str:
+    """The standing reason a page is not run here ('' when there is none)."""
+    return NOT_RUN_NOTES.get((notebook, dataset, model)) or NOT_RUN_NOTES.get((None, dataset, model)) or ""
+
+
 def _pages(notebook: str, label: str, datasets: list[tuple[str, str | None]], params: dict | None = None):
     names = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
              "dsprites": "dSprites"}

@@ -197,6 +197,7 @@ def run_job(job: dict, checkpoint_dir: str, data_dir: str | None, log_dir: str, 
             import torch
 
             torch.set_num_threads(int(os.environ.get("LFXAI_TRAIN_THREADS", threads)))
+            os.environ.setdefault("TQDM_MININTERVAL", "15")     # epoch progress in the log, not every batch
             from . import module_for
             from .common import setup
 
@@ -204,7 +205,7 @@ def run_job(job: dict, checkpoint_dir: str, data_dir: str | None, log_dir: str, 
             with tempfile.TemporaryDirectory(prefix="lfxai-job-") as tmp:
                 exp = setup(job["notebook"], dataset=job["dataset"], model=job["model"], mode="train",
                             reuse_checkpoints=True, checkpoint_dir=checkpoint_dir, data_dir=data_dir,
-                            output_dir=tmp, progress=False, datasets=mod.DATASETS, models=mod.MODELS,
+                            output_dir=tmp, progress=True, datasets=mod.DATASETS, models=mod.MODELS,
                             n_epochs=(job.get("exp_params") or {}).get("n_epochs"))
                 mod.train_job(exp, **job["selector"])
             out["trained"], out["loaded"] = list(exp.trained), list(exp.loaded)

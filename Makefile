@@ -8,7 +8,7 @@ JOBS   ?= 2
 # extra arguments for the book builder, e.g. make book BOOK_ARGS="--only mnist"
 BOOK_ARGS ?=
 
-.PHONY: venv test test-fast book book-timings book-list notebooks bench bench-train if-budget checkpoints checkpoints-list clean help
+.PHONY: venv test test-fast book book-timings book-list notebooks bench bench-train if-budget checkpoints checkpoints-list clean help lab
 
 help:
 	@echo "make book         set up .venv, execute every notebook from the shipped checkpoints, build the HTML book"
@@ -16,6 +16,7 @@ help:
 	@echo "make test         set up .venv and run the test suite (the browser test checks the last built book)"
 	@echo "make test-fast    the test suite without the slow notebook/browser tests"
 	@echo "make book-list    which pages of the book can run on this machine, and why the others cannot"
+	@echo "make lab          JupyterLab in .venv with the notebooks folder open (LAB_ARGS=\"--port=8899\" etc. are passed on)"
 	@echo "make notebooks    write notebooks/*.ipynb again from their sources tools/nb_*.py"
 	@echo "make bench        benchmarks against the authors' lfxai package"
 	@echo "make if-budget    influence functions at the book's reduced LiSSA budget vs the paper's (Performance page)"
@@ -42,13 +43,17 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "not slow"
 
 book: $(STAMP)
-	$(PY) -m lfxai_utils.book $(BOOK_ARGS)
+	$(PY) -m lfxai_utils.book --jobs $(JOBS) $(BOOK_ARGS)
 
 book-timings: $(STAMP)
-	$(PY) -m lfxai_utils.book --force --record-timings bench/results/book_timings.csv $(BOOK_ARGS)
+	$(PY) -m lfxai_utils.book --force --jobs $(JOBS) --record-timings bench/results/book_timings.csv --record-builds bench/results/book_builds.csv $(BOOK_ARGS)
 
 book-list: $(STAMP)
 	$(PY) -m lfxai_utils.book --list $(BOOK_ARGS)
+
+# JupyterLab from the project's venv (its python3 kernel is the venv's), rooted at the repository, the notebooks open
+lab: $(STAMP)
+	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps -r bench/requirements.txt

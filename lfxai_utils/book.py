@@ -6,6 +6,7 @@ Usage (the README's main command calls this through ``make book``)::
     python -m lfxai_utils.book --list          # every page, whether it can run here, and why not
     python -m lfxai_utils.book --only mnist    # only pages whose key contains "mnist" (others keep their state)
     python -m lfxai_utils.book --no-html       # execute/refresh pages only
+    python -m lfxai_utils.book --jobs 2        # two independent pages at once, one kernel thread each on 2 cores
     python -m lfxai_utils.book --train-checkpoints --only claim1_feature   # retrain and save checkpoints
 
 Every page of the registry (:data:`lfxai_utils.experiments.BOOK_CHAPTERS`) whose notebook exists ends up as
@@ -44,6 +45,10 @@ MODES = ("inference", "train")
 _NOT_CODE = {"book.py", "book_sphinx.py"}
 DATASET_LABELS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
                   "dsprites": "dSprites"}
+#: sequential vs parallel builds (``--record-builds``; the Performance page reads it)
+BUILDS_CSV = "bench/results/book_builds.csv"
+BUILD_COLUMNS = ["selection", "jobs", "kernel_threads", "pages_executed", "pages_cached", "pages_not_run",
+                 "pages_failed", "execute_s", "total_s", "html", "load_1min", "machine", "when"]
 #: kernel options: no "running over TCP without encryption" warning in the middle of the progress lines
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
@@ -588,6 +593,92 @@ def execute_page(page: Page, *, mode: str = "inference", force: bool = False, st
     return Outcome(page, "executed", seconds, when=when)
 
 
+def kernel_threads(jobs: int, cpus: int | None = None) -> int:
+    """Threads for each page's kernel when ``jobs`` pages run at once on ``cpus`` cores (at least 1)."""
+    return max(1, (cpus or os.cpu_count() or 1) // max(1, jobs))
+
+
+def _close_thread_loop() -> None:
+    """Close the event loop papermill (jupyter_core) opened in this worker thread; the next page opens a new one."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_event_loop()
+    except RuntimeError:   # this thread has none
+        return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+    asyncio.set_event_loop(None)
+
+
+def execute_pages(pages: Sequence[Page], *, mode: str = "inference", jobs: int = 1, force: bool = False,
+                  state: dict | None = None, code: str | None = None, registry: Registry | None = None,
+                  layout: Layout | None = None, progress: bool | None = None,
+                  threads: int | None = None) -> dict[str, Outcome]:
+    """:func:`execute_page` for every page, up to ``jobs`` at once; returns ``{key: Outcome}`` in the order of ``pages``.
+
+    The pages of an inference build are independent (each reads the shipped checkpoints and writes only its own
+    executed copy and results folder), so running several at once gives the same pages as running them one by one.
+    Each kernel is started with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = cpu_count // jobs (unless already set), so
+    ``jobs`` kernels share the cores instead of oversubscribing them; the longest pages of the last build start
+    first. ``state`` is updated and saved (inference mode) as each page finishes. ``threads`` sets the kernels' thread
+    count whatever ``jobs`` is: the same count gives bit-identical numbers (a different one can change the last digits
+    where float sums are reordered, e.g. over the feature-visualisation page's 1,000 Adam steps).
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry = registry or default_registry()
+    layout = layout or Layout()
+    state = {} if state is None else state
+    code = code_hash(layout) if code is None else code
+    jobs = max(1, min(int(jobs), len(pages) or 1))
+    progress = (sys.stderr.isatty() and jobs == 1) if progress is None else progress
+    env = {"LFXAI_BOOK": "1", "LFXAI_NO_PROGRESS": "1"}
+    how = ""
+    if jobs > 1 or threads:
+        n = str(threads or kernel_threads(jobs))
+        env.update({var: (n if threads else os.environ.get(var) or n) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+        how = (f", {jobs} at once" if jobs > 1 else "") + f" ({env['OMP_NUM_THREADS']} thread(s) per kernel)"
+    print(f"{len(pages)} page(s) in {mode} mode{how}", flush=True)
+    lock = threading.Lock()
+    memo: dict = {}
+    done = [0]
+
+    def one(i: int, page: Page) -> Outcome:
+        if jobs == 1:
+            print(f"[{i}/{len(pages)}] {page.key} ...", end=" " if not progress else "\n", flush=True)
+        with lock:
+            mine = {page.key: state[page.key]} if page.key in state else {}   # a page writes only its own entry
+        try:
+            o = execute_page(page, mode=mode, force=force, state=mine, code=code, registry=registry,
+                             layout=layout, data_memo=memo, progress=progress)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                _close_thread_loop()
+        detail = f" in {o.seconds:.1f} s" if o.status in ("executed", "failed") else ""
+        line = f"{o.status}{detail}" + (f" ({'; '.join(brief(r) for r in o.reasons)})" if o.reasons else "")
+        with lock:
+            done[0] += 1
+            print(line if jobs == 1 else f"[{done[0]}/{len(pages)}] {page.key} ... {line}", flush=True)
+            if mode == "inference":
+                state.update(mine)
+                save_state(layout, state)
+        return o
+
+    # the environment is set once around every kernel start: a page restoring it must not unset it for another
+    with _environ(**env):
+        if jobs == 1:
+            results = {p.key: one(i, p) for i, p in enumerate(pages, 1)}
+        else:
+            longest_first = sorted(range(len(pages)), key=lambda k: -float(state.get(pages[k].key, {})
+                                                                          .get("seconds") or 0.0))
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="lfxai-page") as pool:
+                futures = {pages[k].key: pool.submit(one, k + 1, pages[k]) for k in longest_first}
+                results = {key: f.result() for key, f in futures.items()}
+    return {p.key: results[p.key] for p in pages}
+
+
 def outcome_from_state(page: Page, state: Mapping[str, dict], layout: Layout) -> Outcome:
     """A page not selected in this build keeps its previous state (read back from ``state.json``)."""
     prev = state.get(page.key)
@@ -747,11 +838,12 @@ def render_not_run(outcomes: Sequence[Outcome]) -> str:
 
 #: API page order: the method first, then data and models, then what the notebooks and the book use
 API_MODULES = ("features", "examples", "metrics", "data", "fixtures", "models", "training", "checkpoints",
-               "experiments.common", "report", "plotting", "visualisation", "book")
+               "experiments.common", "params", "report", "plotting", "visualisation", "book")
 API_TITLES = {"features": "Label-free feature importance", "examples": "Label-free example importance",
               "metrics": "Metrics", "data": "Data", "fixtures": "Test fixtures", "models": "Models",
               "training": "Training", "checkpoints": "Checkpoints",
-              "experiments.common": "Experiments: what every notebook shares", "report": "Verdicts and reports",
+              "experiments.common": "Experiments: what every notebook shares",
+              "params": "Notebook parameters: types and ranges", "report": "Verdicts and reports",
               "plotting": "Figures", "visualisation": "Feature visualisation", "book": "The book builder"}
 
 
@@ -840,7 +932,8 @@ def write_generated_pages(outcomes: Sequence[Outcome], chapters_: Sequence[Chapt
     for name, text in {
         "results.md": render_results(outcomes, chapters_, layout),
         "not_run.md": render_not_run(outcomes),
-        "performance.md": render_performance(layout.root / "bench" / "results"),
+        "performance.md": render_performance(layout.root / "bench" / "results") + "\n"
+                          + render_builds(layout.root / BUILDS_CSV),
         "api.md": render_api(),
     }.items():
         with atomic_write(layout.generated / name, "w") as f:
@@ -884,14 +977,30 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
     ap.add_argument("--train-checkpoints", action="store_true",
                     help="execute the pages in mode=train (with reuse_checkpoints=True and each page's train_params), "
                          "writing checkpoints into checkpoints/; no HTML")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="execute up to N independent pages at once (inference mode; each page's kernel gets "
+                         "cpu_count // N threads through OMP_NUM_THREADS/MKL_NUM_THREADS); the pages and the book are "
+                         "the same as with --jobs 1")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="threads of each page's kernel (default: all cores with --jobs 1, cores // N with --jobs N); "
+                         "builds with the same --threads give bit-identical numbers")
     ap.add_argument("--record-timings", metavar="CSV", default=None,
                     help="write each page's status and wall time, and the build's total, to this CSV (the "
                          "Performance page reads bench/results/book_timings.csv; use with --force for a full build)")
+    ap.add_argument("--record-builds", metavar="CSV", default=None,
+                    help="keep this build's wall time (inference mode), keyed by --jobs and the pages "
+                         "selected, in this CSV (the Performance page compares sequential and parallel builds from "
+                         f"{BUILDS_CSV})")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be a positive integer; got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be a positive integer; got {args.threads}")
     registry = registry or default_registry()
     layout = layout or Layout()
     html = html or build_html
     t_start = time.perf_counter()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     if _write_toc_if_changed(registry, layout) or args.write_toc:
         print("wrote _toc.yml")
@@ -914,21 +1023,16 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
 
     state = load_state(layout)
     outcomes: dict[str, Outcome] = {}
+    jobs = args.jobs if mode == "inference" else 1   # train-mode pages share checkpoints they write: one at a time
+    if args.jobs > 1 and mode == "train":
+        print("--train-checkpoints executes the pages one at a time (they reuse each other's checkpoints)")
+    exec_seconds = 0.0
     if not args.html_only:
         code = code_hash(layout)
-        memo = {}
-        progress = sys.stderr.isatty()
-        print(f"{len(selected)} page(s) in {mode} mode", flush=True)
-        for i, page in enumerate(selected, 1):
-            print(f"[{i}/{len(selected)}] {page.key} ...", end=" " if not progress else "\n", flush=True)
-            o = execute_page(page, mode=mode, force=args.force, state=state, code=code, registry=registry,
-                             layout=layout, data_memo=memo, progress=progress)
-            outcomes[page.key] = o
-            detail = f" in {o.seconds:.1f} s" if o.status in ("executed", "failed") else ""
-            print(f"{o.status}{detail}" + (f" ({'; '.join(brief(r) for r in o.reasons)})" if o.reasons else ""),
-                  flush=True)
-            if mode == "inference":
-                save_state(layout, state)
+        t_exec = time.perf_counter()
+        outcomes = execute_pages(selected, mode=mode, jobs=jobs, force=args.force, state=state, code=code,
+                                 registry=registry, layout=layout, threads=args.threads)
+        exec_seconds = time.perf_counter() - t_exec
     failed = [o for o in outcomes.values() if o.status == "failed"]
     rc = 0
     if mode == "inference":
@@ -957,12 +1061,18 @@ def run(argv: Sequence[str] | None = None, *, registry: Registry | None = None, 
     print(f"total wall time {total:.1f} s", flush=True)
     if args.record_timings and mode == "inference":
         write_timings(Path(args.record_timings), [outcomes[p.key] for p in selected if p.key in outcomes], total,
-                      html_rc=None if args.no_html else rc)
+                      html_rc=None if args.no_html else rc, jobs=jobs)
         print(f"timings written to {args.record_timings}")
+    if args.record_builds and mode == "inference" and not args.html_only:
+        record_build(Path(args.record_builds), [outcomes[p.key] for p in selected if p.key in outcomes],
+                     jobs=jobs, exec_seconds=exec_seconds, total=total, only=args.only,
+                     html_rc=None if args.no_html else rc, load=load, threads=args.threads)
+        print(f"build time (--jobs {jobs}) written to {args.record_builds}")
     return 1 if (failed or rc) else 0
 
 
-def write_timings(path: Path, outcomes: Sequence[Outcome], total: float, *, html_rc: int | None) -> None:
+def write_timings(path: Path, outcomes: Sequence[Outcome], total: float, *, html_rc: int | None,
+                  jobs: int = 1) -> None:
     """One row per page (status, seconds, when) and a last row with the whole command's wall time, atomically.
 
     ``seconds`` of a cached page is the time it took when it was last executed, not in this build: the ``status``
@@ -973,11 +1083,91 @@ def write_timings(path: Path, outcomes: Sequence[Outcome], total: float, *, html
     rows = [{"page": o.page.key, "status": o.status, "seconds": round(o.seconds, 1) if o.seconds else None,
              "when": o.when} for o in outcomes]
     html = "" if html_rc is None else (" + HTML" if html_rc == 0 else " + HTML (failed)")
-    rows.append({"page": f"{TIMINGS_TOTAL}: this build ({len(outcomes)} pages{html}, {_machine()})", "status": "",
+    at_once = f", {jobs} pages at once" if jobs > 1 else ""
+    rows.append({"page": f"{TIMINGS_TOTAL}: this build ({len(outcomes)} pages{html}{at_once}, {_machine()})",
+                 "status": "",
                  "seconds": round(total, 1), "when": _dt.datetime.now().isoformat(timespec="seconds")})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as f:
         pd.DataFrame(rows).to_csv(f, index=False)
+
+
+def record_build(path: Path, outcomes: Sequence[Outcome], *, jobs: int, exec_seconds: float, total: float,
+                 only: Sequence[str] = (), html_rc: int | None = None, load: float | None = None,
+                 threads: int | None = None) -> None:
+    """Keep this build's wall time in ``path``: one row per (selection, jobs, kernel threads), replaced by the next
+    such build.
+
+    ``execute_s`` is the wall time of executing the pages (what ``--jobs`` changes), ``total_s`` the whole command's;
+    ``load_1min`` the machine's 1-minute load average when the build started (other work slows both).
+    """
+    import pandas as pd
+
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("executed", "cached", "not-run", "failed")}
+    row = {"selection": " ".join(sorted(only)) or "all pages", "jobs": int(jobs),
+           "kernel_threads": threads or (kernel_threads(jobs) if jobs > 1 else os.cpu_count() or 1),
+           "pages_executed": counts["executed"], "pages_cached": counts["cached"],
+           "pages_not_run": counts["not-run"], "pages_failed": counts["failed"],
+           "execute_s": round(exec_seconds, 1), "total_s": round(total, 1),
+           "html": "" if html_rc is None else ("yes" if html_rc == 0 else "failed"),
+           "load_1min": "" if load is None else round(load, 2), "machine": _machine(),
+           "when": _dt.datetime.now().isoformat(timespec="seconds")}
+    old = pd.read_csv(path, dtype=str, keep_default_na=False) if Path(path).exists() else pd.DataFrame(
+        columns=BUILD_COLUMNS)
+    same = ((old["selection"] == row["selection"]) & (old["jobs"].astype(str) == str(row["jobs"]))
+            & (old["kernel_threads"].astype(str) == str(row["kernel_threads"])))
+    keep = old[~same]
+    df = pd.concat([keep, pd.DataFrame([{k: str(v) for k, v in row.items()}])], ignore_index=True)
+    df = df.reindex(columns=BUILD_COLUMNS).fillna("")
+    order = sorted(range(len(df)), key=lambda i: (df["selection"].iloc[i], int(df["jobs"].iloc[i] or 0),
+                                                  -int(df["kernel_threads"].iloc[i] or 0)))
+    df = df.iloc[order]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        df.to_csv(f, index=False)
+
+
+def render_builds(csv: Path) -> str:
+    """The Performance page's "Sequential and parallel builds" section, from :data:`BUILDS_CSV`."""
+    import pandas as pd
+
+    lines = ["(book-builds)=", "### Sequential and parallel builds", ""]
+    if not Path(csv).exists():
+        return "\n".join(lines + [f"No build times are recorded here (`{BUILDS_CSV}`): "
+                                  "`make book-timings JOBS=1` and `make book-timings JOBS=2` record them.", ""])
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    lines += [f"`python -m lfxai_utils.book --jobs N` executes up to N pages at once (`make book JOBS=N`; the pages "
+              "of an inference build are independent), each page's kernel limited to cores / N threads "
+              "(`OMP_NUM_THREADS`; `--threads` sets it), and produces the same pages as a sequential build "
+              "(`tests/test_book.py::test_parallel_build_gives_the_same_pages_as_a_sequential_one`). Kernels with "
+              "the same thread count compute the same numbers; a different count can change the last digits where "
+              "floating-point sums are reordered (e.g. over the feature-visualisation page's 1,000 Adam steps), so "
+              "`--jobs 1 --threads 1` is the sequential build to compare `--jobs 2` with on two cores. Wall times "
+              f"below are from `{BUILDS_CSV}` (written by `--record-builds`): *execute* is the time spent executing "
+              "the pages, *total* the whole command (checks, pages and HTML). *load* is the machine's 1-minute load "
+              "average when the build started: other work running at the same time (e.g. `make checkpoints`) slows "
+              "both builds.", ""]
+    shown = df.rename(columns={"execute_s": "execute (s)", "total_s": "total (s)", "load_1min": "load",
+                               "kernel_threads": "threads/kernel", "pages_executed": "executed",
+                               "pages_cached": "cached", "pages_not_run": "not run", "pages_failed": "failed"})
+    header = "| " + " | ".join(shown.columns) + " |"
+    lines += [header, "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(_md(v) for v in r) + " |" for r in shown.itertuples(index=False)]
+    lines.append("")
+    for sel, g in df.groupby("selection", sort=False):
+        for _, seq in g[g["jobs"] == "1"].iterrows():
+            for _, par in g[g["jobs"] != "1"].iterrows():
+                s, q = float(seq["execute_s"] or 0), float(par["execute_s"] or 0)
+                if s <= 0 or q <= 0:
+                    continue
+                line = (f"- {_md(sel)}: executing the pages took {s:,.0f} s one at a time "
+                        f"({seq['kernel_threads']} thread(s) per kernel) and {q:,.0f} s with {par['jobs']} at once "
+                        f"({par['kernel_threads']} thread(s) per kernel): {s / q:.2f}× faster")
+                if seq["pages_executed"] != par["pages_executed"]:
+                    line += " — not the same number of executed pages, so not comparable"
+                lines.append(line)
+    lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

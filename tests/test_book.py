@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -540,3 +541,194 @@ def test_show_plotly_in_book_mode_emits_no_plotly_js(monkeypatch, capsys):
     html = shown[0].data
     assert '<div id="' in html and "Plotly.newPlot" in html
     assert "cdn" not in html.lower() and len(html) < 50_000       # plotly.js (4.6 MB) is not inlined
+
+
+# ------------------------------------------------------------------------------------------ parallel builds
+class ConcurrentFakePapermill(FakePapermill):
+    """A fake papermill whose calls take a while, recording how many ran at once and the environment they saw;
+    notebooks named in ``fail`` raise as papermill does for a failing cell."""
+
+    def __init__(self, fail=(), seconds=0.3):
+        super().__init__()
+        import threading
+
+        self.fail, self.seconds = set(fail), seconds
+        self.lock, self.running, self.most, self.env = threading.Lock(), 0, 0, []
+
+    def __call__(self, src, out, parameters=None, **kw):
+        import os
+        import time
+
+        import papermill
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.env.append({k: os.environ.get(k) for k in ("LFXAI_BOOK", "LFXAI_NO_PROGRESS", "OMP_NUM_THREADS")})
+        try:
+            time.sleep(self.seconds)
+            if Path(src).stem in self.fail:
+                nb = nbformat.read(src, as_version=4)
+                nb.metadata["papermill"] = {"exception": True}
+                Path(out).write_text(nbformat.writes(nb))
+                raise papermill.PapermillExecutionError(3, 3, "ValueError", "boom", [])
+            return super().__call__(src, out, parameters, **kw)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _build_snapshot(repo: Path) -> dict:
+    """What a build leaves that must not depend on --jobs (times and dates removed)."""
+    ex = repo / "book" / "_executed"
+    state = json.loads((ex / "state.json").read_text())
+    for v in state.values():
+        v.pop("when", None)
+        v.pop("seconds", None)
+    files = {p.relative_to(repo).as_posix(): p.read_text() for p in sorted(ex.rglob("*"))
+             if p.is_file() and p.name != "state.json"}
+    for k in [k for k in files if k.endswith(".ipynb")]:   # the parameters note states the run's seconds and date
+        nb = nbformat.reads(files[k], as_version=4)
+        files[k] = [c.source for c in nb.cells if "lfxai-book-params" not in c.metadata.get("tags", [])]
+    results = (repo / "book/_generated/results.md").read_text().split("## Execution times")[0]
+    return {"state": state, "files": files, "results": results,
+            "not_run": (repo / "book/_generated/not_run.md").read_text()}
+
+
+def test_parallel_build_gives_the_same_pages_as_a_sequential_one(repo, monkeypatch, capsys):
+    import os
+
+    import papermill
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LFXAI_BOOK", "LFXAI_NO_PROGRESS"):
+        monkeypatch.delenv(var, raising=False)
+    chapters = [
+        Chapter("Claim A", "claim_a", "claim_a", tuple(Page("claim_a", d, f"A: {d}") for d in
+                                                        ("mnist", "ecg5000", "cifar10", "cifar100"))),
+        Chapter("Claim B", "claim_b", "claim_b", (Page("claim_b", "mnist", "B", params={"n_explain": 5}),)),
+        Chapter("Claim C", "claim_c", "claim_c", (Page("claim_c", "mnist", "C"),)),
+    ]
+    for nb in ("claim_a", "claim_b", "claim_c"):
+        write_nb(repo / "notebooks" / f"{nb}.ipynb", "pass")
+    reg = make_registry(ckpts={("claim_a", "cifar100"): ["absent"]}, chapters=chapters)   # one page not run
+    snapshots, fakes = {}, {}
+    for jobs in (1, 2):
+        fake = fakes[jobs] = ConcurrentFakePapermill(fail={"claim_c"})
+        monkeypatch.setattr(papermill, "execute_notebook", fake)
+        rc = book.run(["--force", "--no-html", "--jobs", str(jobs)], registry=reg, layout=Layout(repo))
+        assert rc == 1                                              # claim_c failed, in both builds
+        snapshots[jobs] = _build_snapshot(repo)
+        assert sorted(fake.calls, key=str) == sorted(fakes[1].calls, key=str)
+        shutil.rmtree(repo / "book" / "_executed")
+        shutil.rmtree(repo / "book" / "_generated")
+    assert snapshots[2] == snapshots[1]
+    statuses = {k: v["status"] for k, v in snapshots[1]["state"].items()}
+    assert statuses == {"claim_a__mnist": "executed", "claim_a__ecg5000": "executed", "claim_a__cifar10": "executed",
+                        "claim_a__cifar100": "not-run", "claim_b__mnist": "executed", "claim_c__mnist": "failed"}
+    assert len(fakes[1].calls) == 4 and len(fakes[1].env) == len(fakes[2].env) == 5   # 4 executed, 1 raised
+    assert fakes[1].most == 1 and fakes[2].most == 2                # really one at a time, really two at once
+    assert all(e["LFXAI_BOOK"] == "1" and e["LFXAI_NO_PROGRESS"] == "1" for f in fakes.values() for e in f.env)
+    assert {e["OMP_NUM_THREADS"] for e in fakes[1].env} == {None}    # sequential: the kernels keep every core
+    assert {e["OMP_NUM_THREADS"] for e in fakes[2].env} == {str(book.kernel_threads(2))}
+    assert "LFXAI_BOOK" not in os.environ and "OMP_NUM_THREADS" not in os.environ   # restored after the build
+    out = capsys.readouterr().out
+    assert "5 page(s) in inference mode" not in out and "6 page(s) in inference mode, 2 at once" in out
+
+
+def test_kernel_threads_share_the_cores():
+    assert [book.kernel_threads(j, cpus=2) for j in (1, 2, 3)] == [2, 1, 1]
+    assert book.kernel_threads(4, cpus=16) == 4
+
+
+def test_jobs_and_threads_must_be_positive(repo, capsys):
+    for flag in ("--jobs", "--threads"):
+        with pytest.raises(SystemExit) as err:
+            book.run([flag, "0"], registry=make_registry(), layout=Layout(repo))
+        assert err.value.code == 2 and f"{flag} must be a positive integer" in capsys.readouterr().err
+
+
+def test_threads_set_the_kernels_thread_count_in_a_sequential_build(repo, monkeypatch):
+    """--threads 1 gives a sequential build the kernels of a --jobs 2 build on 2 cores (bit-identical numbers)."""
+    import papermill
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")               # --threads wins over the caller's setting
+    write_nb(repo / "notebooks" / "claim_a.ipynb", "pass")
+    fake = ConcurrentFakePapermill(seconds=0)
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    assert book.run(["--no-html", "--threads", "1"], registry=make_registry(), layout=Layout(repo)) == 0
+    assert [e["OMP_NUM_THREADS"] for e in fake.env] == ["1", "1"] and fake.most == 1
+
+
+def test_parallel_build_with_real_papermill(repo):
+    """Two real kernels at once (papermill from two threads): both pages execute and write their summaries."""
+    write_nb(repo / "notebooks" / "claim_a.ipynb", "import os; assert os.environ['LFXAI_BOOK'] == '1'", WRITE_SUMMARY)
+    reg = make_registry(chapters=[Chapter("Claim A", "claim_a", "claim_a", (Page("claim_a", "mnist", "A: MNIST"),
+                                                                            Page("claim_a", "ecg5000", "A: ECG")))])
+    assert book.run(["--jobs", "2", "--no-html"], registry=reg, layout=Layout(repo)) == 0
+    for key in ("claim_a__mnist", "claim_a__ecg5000"):
+        df = pd.read_csv(repo / "book/_executed/results" / key / "summary.csv")
+        assert df.loc[0, "dataset"] == key.split("__")[1]
+
+
+def test_build_times_are_recorded_per_jobs_and_shown_on_the_performance_page(repo, fake_pm):
+    write_nb(repo / "notebooks" / "claim_a.ipynb", "pass")
+    reg = make_registry()
+    csv = repo / book.BUILDS_CSV
+    for jobs in ("1", "2", "2"):
+        assert book.run(["--force", "--no-html", "--jobs", jobs, "--record-builds", str(csv)], registry=reg,
+                        layout=Layout(repo)) == 0
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    assert list(df.columns) == book.BUILD_COLUMNS
+    assert df["jobs"].tolist() == ["1", "2"]                      # the second jobs=2 build replaced the first
+    assert book.run(["--force", "--no-html", "--jobs", "1", "--threads", "1", "--record-builds", str(csv)],
+                    registry=reg, layout=Layout(repo)) == 0
+    three = pd.read_csv(csv, dtype=str, keep_default_na=False)        # another thread count: a row of its own
+    assert list(zip(three["jobs"], three["kernel_threads"])) == [("1", df.loc[0, "kernel_threads"]), ("1", "1"),
+                                                                  ("2", df.loc[1, "kernel_threads"])] or \
+        df.loc[0, "kernel_threads"] == "1"
+    assert set(df["pages_executed"]) == {"2"} and set(df["selection"]) == {"all pages"}
+    assert df.loc[1, "kernel_threads"] == str(book.kernel_threads(2))
+    df.loc[0, "execute_s"], df.loc[1, "execute_s"] = "100.0", "62.5"
+    df.to_csv(csv, index=False)
+    text = book.render_builds(csv)
+    assert "### Sequential and parallel builds" in text
+    assert "| all pages | 1 |" in text and "| all pages | 2 |" in text
+    assert (f"- all pages: executing the pages took 100 s one at a time ({df.loc[0, 'kernel_threads']} thread(s) per "
+            f"kernel) and 62 s with 2 at once ({book.kernel_threads(2)} thread(s) per kernel): 1.60× faster") in text
+    assert "No build times are recorded" in book.render_builds(repo / "absent.csv")
+    book.write_generated_pages([], [], Layout(repo))
+    assert "1.60× faster" in (repo / "book/_generated/performance.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ clean pages
+def test_decoder_condition_prints_no_library_warning():
+    """torch.func's first jvp scripts a helper and warns that torch.jit.script is deprecated: not on our pages."""
+    import warnings
+
+    import torch
+
+    from lfxai_utils.experiments.encoder_vs_decoder import decoder_condition
+
+    head = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kappa = decoder_condition(head, torch.randn(6, 3))
+    assert kappa.shape == (6,) and bool((kappa >= 1).all())
+    assert [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)] == []
+    with warnings.catch_warnings(record=True) as caught:           # the filter is narrow: other warnings still show
+        warnings.simplefilter("always")
+        decoder_condition(_Warns(head), torch.randn(2, 3))
+    assert {str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)} == \
+        {"a warning of the model's own"}
+
+
+class _Warns(__import__("torch").nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z):
+        import warnings
+
+        warnings.warn("a warning of the model's own", UserWarning)
+        return self.inner(z)

@@ -12,7 +12,8 @@ screenshot to ``_build/screenshots/`` and fails on
 * a plotly figure that did not render (a ``.plotly-graph-div`` without its ``.main-svg``);
 * math that MathJax did not typeset, or typeset as an error;
 * a broken internal link (a link to a file of the book that does not exist, or to an anchor that is not on the
-  target page).
+  target page);
+* a stderr output block (a warning or anything else a library printed to stderr while the page executed).
 
 Without a built book the test is skipped locally (run ``make book`` first) and fails under CI (``CI=true``).
 """
@@ -186,6 +187,10 @@ class Chromium:
 
 
 # ---------------------------------------------------------------------------------------------- checks
+#: a notebook's stderr output as myst-nb renders it (``<div class="output stderr ...">``): a warning or a progress
+#: bar that a library printed, which has no place on a page of the book
+STDERR_SELECTOR = ".output.stderr"
+
 #: waits (bounded) until the page is fully rendered, then reports what a reader would miss
 RENDERED = r"""
 (async () => {
@@ -209,10 +214,11 @@ RENDERED = r"""
     untypesetMath: mathNodes.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 60)),
     mathErrors: [...document.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 80)),
     links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+    stderr: [...document.querySelectorAll(STDERR_SELECTOR)].map(e => e.textContent.trim().slice(0, 300)),
     height: Math.ceil(document.documentElement.scrollHeight),
   };
 })()
-"""
+""".replace("STDERR_SELECTOR", repr(STDERR_SELECTOR))
 
 _ids_cache: dict[Path, set[str]] = {}
 
@@ -274,10 +280,14 @@ def shot_path(page: str) -> Path:
     return SHOTS / (page.replace("/", "__").removesuffix(".html") + ".png")
 
 
+#: screenshots of other tests in ``SHOTS`` (tests/test_lab.py's JupyterLab run), never taken for stale pages
+OTHER_SHOTS = ("lab__",)
+
+
 def stale_shots(pages: list[str]) -> list[Path]:
     """Screenshots in ``SHOTS`` of pages that the current build no longer has (removed when the browser starts)."""
     keep = {shot_path(p) for p in pages}
-    return sorted(p for p in SHOTS.glob("*.png") if p not in keep)
+    return sorted(p for p in SHOTS.glob("*.png") if p not in keep and not p.name.startswith(OTHER_SHOTS))
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +347,7 @@ def test_page_renders_offline(browser, page):
             "math not typeset": state["untypesetMath"],
             "MathJax errors": state["mathErrors"],
             "broken internal links": broken_internal_links(state["links"]),
+            "stderr output blocks (a library's warning or progress printed into the page)": state["stderr"],
         }
         problems = {k: v for k, v in problems.items() if v}
         assert not problems, f"{page}:\n" + "\n".join(f"  {k}:\n" + "\n".join(f"    - {x}" for x in v)
@@ -365,7 +376,7 @@ def test_stale_screenshots_are_those_of_pages_no_longer_built(tmp_path, monkeypa
     import sys
 
     monkeypatch.setattr(sys.modules[__name__], "SHOTS", tmp_path)
-    for name in ("book__intro.png", "book___executed__gone.png", "index.png"):
+    for name in ("book__intro.png", "book___executed__gone.png", "index.png", "lab__claim2_pretext__explorer-0.png"):
         (tmp_path / name).write_bytes(b"png")
     assert stale_shots(["book/intro.html"]) == [tmp_path / "book___executed__gone.png", tmp_path / "index.png"]
 
@@ -406,3 +417,19 @@ def test_event_triage():
     js, net = _event_problems(events, s)
     assert js == ["uncaught: TypeError: x is undefined", "console.error: bad"]
     assert net == ["request leaves the machine: https://cdn.example/x.js", "failed to load: file:///a.js (ERR_FILE)"]
+
+
+def test_stderr_blocks_are_found_in_a_rendered_page(browser, tmp_path):
+    """The stderr check itself, on a page shaped as myst-nb writes one: its stderr block is reported, stdout is not."""
+    page = tmp_path / "p.html"
+    page.write_text('<html><body><div class="cell_output docutils container">'
+                    '<div class="output stream highlight-myst-ansi notranslate"><pre>fine</pre></div>'
+                    '<div class="output stderr highlight-myst-ansi notranslate"><div class="highlight"><pre>'
+                    '/x/torch/jit/_script.py:1: FutureWarning: `torch.jit.script` is deprecated.</pre></div></div>'
+                    '</div></body></html>')
+    session = browser.new_tab()
+    since = len(browser.events)
+    browser.send("Page.navigate", {"url": page.as_uri()}, session=session)
+    browser.wait_event("Page.loadEventFired", session, since, timeout=60)
+    state = browser.evaluate(session, RENDERED, timeout=60)
+    assert state["stderr"] == ["/x/torch/jit/_script.py:1: FutureWarning: `torch.jit.script` is deprecated."]

@@ -33,6 +33,7 @@ def isolated(tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setattr(D, "DEFAULT_DATA_DIR", empty)
     monkeypatch.delenv(D.ENV_VAR, raising=False)
+    monkeypatch.setattr(D, "check_reachable", lambda *a, **k: None)   # downloads are faked; no host is asked
     return empty
 
 

@@ -144,60 +144,105 @@ def _values(pairs):
 
 
 def test_trend_by_hand():
-    t = X.trend(_values([(1, [0.2, 0.4]), (10, [0.1, 0.3])]))
+    t = X.trend(_values([(1, [0.2, 0.4, 0.3]), (10, [0.1, 0.3, 0.2])]))
     assert t["means"] == pytest.approx({1: 0.3, 10: 0.2})
-    assert t["pooled_std"] == pytest.approx(np.sqrt(0.02))          # both sample variances are 0.02
-    assert t["drop"] == pytest.approx(0.1) and t["holds"] is True   # 0.2 >= 0.3 - 0.141
-    t = X.trend(_values([(1, [0.4, 0.5]), (10, [0.1, 0.2])]))
-    assert t["holds"] is False                                        # 0.15 < 0.45 - 0.071
-    # Spearman on ranks: β ranks (1.5, 1.5, 3.5, 3.5), value ranks (3, 4, 1, 2): ρ = -4 / (2·√5)
-    assert t["spearman_rho"] == pytest.approx(-4 / (2 * np.sqrt(5)))
-    assert 0 < t["spearman_p_decrease"] < 0.5
-    # unequal runs per β: pooled variance weighs by n - 1
-    t = X.trend(_values([(1, [0.0, 0.3, 0.6]), (5, [0.1, 0.2]), (10, [0.4])]))
-    assert t["pooled_std"] == pytest.approx(np.sqrt((2 * 0.09 + 1 * 0.005) / 3))
-    assert t["beta_min"] == 1 and t["beta_max"] == 10 and t["holds"] is True
-    assert X.trend(_values([(1, [0.3]), (10, [0.1])]))["holds"] is None   # no spread: inconclusive
+    assert t["pooled_std"] == pytest.approx(0.1)                     # both sample variances are 0.01
+    assert t["drop"] == pytest.approx(0.1)
+    # ranks of the values: β=1 → (2.5, 6, 4.5), β=10 → (1, 4.5, 2.5) (rank sum 8). Of the C(6, 3) = 20 ways to
+    # give three of the ranks {1, 2.5, 2.5, 4.5, 4.5, 6} to β=10, 5 have a sum ≤ 8 ({1, 2.5, 2.5} and the four
+    # {1, 2.5, 4.5}): p = 5/20, not significant although ρ < 0
+    assert t["spearman_rho"] < 0 and t["spearman_p_decrease"] == pytest.approx(5 / 20)
+    assert t["holds"] is None and "not significant" in t["reason"]
+    assert t["test"] == "exact over 20 arrangements"                # C(6, 3)
+    up = X.trend(_values([(1, [0.1, 0.2, 0.3]), (5, [0.2, 0.3, 0.4]), (10, [0.35, 0.25, 0.45])]))
+    assert up["spearman_rho"] > 0 and up["holds"] is True
+    down = X.trend(_values([(1, [0.4, 0.5, 0.45]), (5, [0.3, 0.35, 0.32]), (10, [0.1, 0.2, 0.15])]))
+    # perfectly separated decreasing cells: the observed assignment is the single most extreme of the
+    # 9! / (3!·3!·3!) = 1,680 distinct ones
+    assert down["spearman_p_decrease"] == pytest.approx(1 / 1680)
+    assert down["holds"] is False and "significant decrease" in down["reason"]
+    # two runs per cell: inconclusive whatever the ranks say
+    few = X.trend(_values([(1, [0.4, 0.5]), (10, [0.1, 0.2])]))
+    assert few["holds"] is None and "fewer than 3 runs" in few["reason"]
+    assert X.trend(_values([(1, [0.3]), (10, [0.1])]))["holds"] is None
 
 
-def test_anchor_trend_applies_the_criterion_to_fact_numbers():
+def test_permutation_test_is_exact_and_matches_brute_force():
+    from itertools import permutations
+
+    from scipy.stats import spearmanr
+
+    beta = [1, 1, 5, 5, 10, 10]
+    value = [0.30, 0.10, 0.25, 0.05, 0.20, 0.15]
+    t = X.permutation_test_decrease(beta, value)
+    rho = spearmanr(beta, value).statistic
+    assert t["rho"] == pytest.approx(rho)
+    null = [spearmanr([beta[i] for i in p], value).statistic for p in permutations(range(6))]
+    assert t["p_decrease"] == pytest.approx(np.mean(np.asarray(null) <= rho + 1e-12))
+    assert t["how"] == "exact over 90 arrangements"                 # 6! / (2!·2!·2!)
+    assert len(X._label_arrangements([2, 2, 2])) == 90 == X._n_arrangements([2, 2, 2])
+    big = X.permutation_test_decrease([1] * 5 + [5] * 5 + [10] * 5, np.linspace(1, 0, 15))
+    assert big["how"].startswith("Monte Carlo") and big["p_decrease"] < 1e-3
+
+
+def test_anchor_trend_reports_fact_numbers_without_a_test():
     a = X.anchor_trend("mnist", "beta")
     var = np.array([0.028, 0.027, 0.046]) ** 2 * 5 / 4
     assert a["pooled_std"] == pytest.approx(np.sqrt(var.mean()))
-    assert (a["mean_lo"], a["mean_hi"], a["holds"]) == (0.241, 0.240, True)
-    assert X.anchor_trend("dsprites", "tc")["holds"] is True
+    assert (a["mean_lo"], a["mean_hi"], a["testable"]) == (0.241, 0.240, False)
     assert X.anchor_trend("cifar10", "beta") is None
     assert X.anchor_table("cifar10").empty and "no CIFAR-10" in X.anchor_table("cifar10").attrs["note"]
     assert len(X.anchor_table("cifar100")) == 6
 
 
-def _df(values: dict[tuple[str, float], list[float]]) -> pd.DataFrame:
+def _df(values: dict[tuple[str, float], list[float]], units=None) -> pd.DataFrame:
+    """``units(beta, run) -> latent units in use`` (default: all 3)."""
     rows = []
     for (loss, beta), vs in values.items():
         for r, v in enumerate(vs):
             rows.append({"loss": X.LOSS_LABELS[loss], "loss_key": loss, "beta": float(beta), "run": r,
                          "seed": X.model_seed(1, loss, beta, r), "n_explained": 100, "pearson": v,
                          "spearman": np.nan, "cosine": v / 2, "entropy": 1 - v, "active_units": 1 + v,
-                         "active_latents": 3 if beta == 1 else 1})
+                         "active_latents": units(beta, r) if units else 3})
     return pd.DataFrame(rows)
 
 
 def test_verdicts_per_loss():
-    df = _df({("beta", 1): [0.20, 0.24], ("beta", 5): [0.25, 0.27], ("beta", 10): [0.22, 0.26],
-              ("tc", 1): [0.40, 0.42], ("tc", 5): [0.30, 0.31], ("tc", 10): [0.20, 0.22]})
-    exp = SimpleNamespace(dataset="mnist")
+    df = _df({("beta", 1): [0.20, 0.24, 0.22], ("beta", 5): [0.25, 0.27, 0.26], ("beta", 10): [0.22, 0.26, 0.30],
+              ("tc", 1): [0.40, 0.42, 0.41], ("tc", 5): [0.30, 0.31, 0.32], ("tc", 10): [0.20, 0.22, 0.21]})
+    exp = SimpleNamespace(dataset="mnist", seed=1)
     v = {x.model: x for x in X.verdicts(exp, df)}
     assert v["β-VAE (d=3)"].verdict == "holds" and v["β-TCVAE (d=3)"].verdict == "does not hold"
-    assert "β=1: 0.220 ± 0.020" in v["β-VAE (d=3)"].ours and "2 runs, 100 test images" in v["β-VAE (d=3)"].ours
-    assert "0.241" in v["β-VAE (d=3)"].anchor and "FACT" in v["β-VAE (d=3)"].anchor_source
-    assert "latent units in use (of 3) per run: β=1: 3,3; β=5: 1,1; β=10: 1,1" in v["β-VAE (d=3)"].ours
+    assert "β=1: 0.220 ± 0.016 [units in use of 3: 3,3,3]" in v["β-VAE (d=3)"].ours
+    assert "3 runs, 100 test images" in v["β-VAE (d=3)"].ours and "permutation p" in v["β-VAE (d=3)"].ours
+    assert "0.241" in v["β-VAE (d=3)"].anchor and "cannot be applied" in v["β-VAE (d=3)"].anchor
+    assert "permutation test" in v["β-VAE (d=3)"].criterion and "pooled" not in v["β-VAE (d=3)"].criterion
+    table = X.comparison_table(df, "mnist")
+    assert table.iloc[0].tolist() == ["β-VAE", "1", "0.220 ± 0.016 (3 runs)", "3,3,3", "0.241 ± 0.028 (5 runs)"]
+    assert X.comparison_table(df, "cifar10")["FACT"].eq("—").all()
+
+
+def test_collapsed_units_make_the_verdict_inconclusive_and_say_why():
+    vals = {("beta", 1): [0.20, 0.24, 0.22], ("beta", 5): [0.25, 0.27, 0.26], ("beta", 10): [0.22, 0.26, 0.30]}
+    exp = SimpleNamespace(dataset="mnist", seed=1)
+    assert X.verdicts(exp, _df(vals))[0].verdict == "holds"
+    v = X.verdicts(exp, _df(vals, units=lambda b, r: 1 if (b == 10 and r == 2) else 3))[0]
+    assert v.verdict == "inconclusive"
+    assert "1 of 9 VAEs have collapsed latent units (β=10: run(s) 2 use 1 of 3)" in v.ours
+    assert "at face value the test gives: holds" in v.ours and "[units in use of 3: 3,3,1]" in v.ours
+
+
+def test_fewer_than_three_runs_is_inconclusive():
+    exp = SimpleNamespace(dataset="mnist", seed=1)
+    two = _df({("beta", 1): [0.2, 0.24], ("beta", 10): [0.3, 0.35]})
+    v = X.verdicts(exp, two)[0]
+    assert v.verdict == "inconclusive" and "fewer than 3 runs" in v.ours
+    with pytest.warns(UserWarning, match="fewer than 3 runs"):
+        X.warn_if_partial(two)
     one = _df({("beta", 1): [0.2], ("beta", 10): [0.1]})
     assert [x.verdict for x in X.verdicts(exp, one)] == ["inconclusive"]
     with pytest.warns(UserWarning, match="single run"):
         X.warn_if_partial(one)
-    table = X.comparison_table(df, "mnist")
-    assert table.iloc[0].tolist() == ["β-VAE", "1", "0.220 ± 0.020 (2 runs)", "0.241 ± 0.028 (5 runs)"]
-    assert X.comparison_table(df, "cifar10")["FACT"].eq("—").all()
 
 
 def test_box_figures_show_every_run():

@@ -114,32 +114,109 @@ def _summary(rows):
     return pd.DataFrame(rows, columns=["side", "model", "method", "mean", "std", "count", "ci95"])
 
 
+def _rows_both_heads(soft, logit):
+    """Classifier rows for both heads: ``soft`` / ``logit`` map method -> mean."""
+    rows = []
+    for head, vals in (("softmax", soft), ("logits", logit)):
+        for m, v in vals.items():
+            rows.append(("supervised", f"classifier ({head})", m, v, 0, 5, 0.02))
+    return rows
+
+
 def test_verdicts():
-    rows = [("supervised", "classifier", "IG", 0.50, 0, 5, 0.02),                       # |0.066| ≤ 0.129: holds
-            ("supervised", "classifier", "Saliency", 0.40, 0, 5, 0.02),                 # 0.224 > 0.129
-            ("supervised", "classifier", "GradientSHAP", 0.90, 0, 5, 0.02),             # not the one judged
-            ("supervised", "classifier", "GradientSHAP (authors' pairing)", 0.30, 0, 5, 0.02),
-            ("unsupervised", "denoising AE", "IG", 0.60, 0, 5, 0.05),
-            ("unsupervised", "denoising AE", "Saliency", 0.68, 0, 5, 0.05),
-            ("unsupervised", "denoising AE", "GradientSHAP (authors' pairing)", 0.1, 0, 5, 0.0)]
+    rows = _rows_both_heads(
+        {"IG": 0.50, "Saliency": 0.40, "GradientSHAP": 0.90, "GradientSHAP (authors' pairing)": 0.30},
+        {"IG": 0.434, "Saliency": 0.176, "GradientSHAP": 0.95, "GradientSHAP (authors' pairing)": 0.337})
+    rows += [("unsupervised", "denoising AE", "IG", 0.60, 0, 5, 0.05),
+             ("unsupervised", "denoising AE", "Saliency", 0.68, 0, 5, 0.05),
+             ("unsupervised", "denoising AE", "GradientSHAP (authors' pairing)", 0.1, 0, 5, 0.0)]
     vs = E.verdicts(_exp(), _summary(rows), n_images=10000)
     got = [(v.model, v.quantity.split(", ")[-1], v.verdict) for v in vs]
-    assert got == [("classifier (pretext page)", "IG", "holds"),
-                   ("classifier (pretext page)", "GradientSHAP (authors' pairing)", "holds"),
-                   ("classifier (pretext page)", "Saliency", "does not hold"),
+    assert got == [("classifier (softmax)", "IG", "holds"),                  # |0.066| ≤ 0.129
+                   ("classifier (softmax)", "GradientSHAP (authors' pairing)", "holds"),
+                   ("classifier (softmax)", "Saliency", "does not hold"),    # 0.224 > 0.129
+                   # logits rows: FACT's qualitative reading, never FACT's numbers (which equal these means here)
+                   ("classifier (logits)", "IG", "holds"),
+                   ("classifier (logits)", "Saliency", "holds"),
+                   ("classifier (logits)", "GradientSHAP", "does not hold"),
                    ("denoising AE", "IG", "holds"),
                    ("denoising AE", "Saliency", "does not hold")]
+    assert all("vs softmax" in v.quantity for v in vs[:3]) and all("vs logits" in v.quantity for v in vs[3:6])
     assert "with the corrected pairing 0.900" in vs[1].ours and vs[1].anchor == "0.337 ± 0.015"
+    assert "logits head (not comparable with FACT) 0.337" in vs[1].ours
+    assert "softmax full model" in vs[0].criterion and "60k" not in vs[0].criterion
+    assert vs[3].anchor == "agree only moderately" and "softmax" in vs[3].anchor_source
     assert "10,000 test images" in vs[0].ours and "notebook cell 13" in vs[0].anchor_source
     cifar = E.verdicts(_exp("cifar10"), _summary(rows), n_images=100)
     assert [v.verdict for v in cifar[:3]] == ["inconclusive"] * 3 and "MNIST numbers" in cifar[0].criterion
 
 
+def test_fact_is_held_against_the_softmax_head_only():
+    # logits means far from FACT, softmax means on FACT: every FACT comparison holds, whatever the logits give
+    rows = _rows_both_heads({"IG": 0.434, "Saliency": 0.176, "GradientSHAP (authors' pairing)": 0.337},
+                            {"IG": 0.9, "Saliency": 0.9, "GradientSHAP (authors' pairing)": 0.9})
+    vs = E.verdicts(_exp(), _summary(rows), n_images=10)
+    fact = [v for v in vs if v.anchor_source == E.FACT_SOURCE]
+    assert [v.model for v in fact] == ["classifier (softmax)"] * 3 and {v.verdict for v in fact} == {"holds"}
+    # and the other way round: softmax far, logits on FACT → FACT's comparisons fail
+    rows = _rows_both_heads({"IG": 0.9, "Saliency": 0.9, "GradientSHAP (authors' pairing)": 0.9},
+                            {"IG": 0.434, "Saliency": 0.176, "GradientSHAP (authors' pairing)": 0.337})
+    fact = [v for v in E.verdicts(_exp(), _summary(rows), n_images=10) if v.anchor_source == E.FACT_SOURCE]
+    assert {v.verdict for v in fact} == {"does not hold"}
+
+
+def test_softmax_head_is_the_authors_auxiliary_function():
+    torch.manual_seed(0)
+    W = torch.randn(2, 9)
+    A = torch.randn(3, 2)
+    model = TwoPart(W, A)
+    x = torch.rand(4, 1, 3, 3) + 0.1
+    fulls = E.full_models(model, "classifier")
+    assert list(fulls) == ["logits", "softmax"] and fulls["logits"] is model
+    sm = fulls["softmax"]
+    torch.testing.assert_close(sm(x), torch.softmax(model(x), dim=1))
+    assert sm.encoder is model.encoder and list(E.full_models(model, "denoising")) == ["reconstruction"]
+    # Saliency of <softmax(x), softmax(x~)> at x~ = x: |J_f(x)ᵀ softmax(x)| with f = softmax ∘ head ∘ encoder
+    res = E.compare_heads(_exp(), model.encoder, fulls, x, None, run=0, batch_size=2, show_as_published=False)
+    for i in range(len(x)):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        p = sm(xi)
+        g = torch.autograd.grad((p * p.detach()).sum(), xi)[0].abs()
+        enc = E.attribution(_exp(), model.encoder, x[i:i + 1], None, "saliency", run=0)
+        torch.testing.assert_close(res["softmax"]["saliency"][i:i + 1], E.per_image_correlation(enc, g, x[i:i + 1]))
+    # the two heads differ (the softmax is not an isometry of the logits)
+    assert not torch.allclose(res["softmax"]["saliency"], res["logits"]["saliency"])
+    # κ of the softmax head is taken through lin_output ∘ softmax
+    assert isinstance(E._head(sm), nn.Sequential)
+
+
+def test_run_all_gives_both_heads_for_the_classifier():
+    torch.manual_seed(0)
+    clf = TwoPart(torch.randn(2, 9), torch.randn(3, 2))
+    ae = TwoPart(torch.randn(2, 9), torch.randn(9, 2))
+    ae.decoder = ae.lin_output
+    x = torch.rand(5, 1, 3, 3) + 0.1
+    df = E.run_all(_exp(), {(0, "classifier"): (clf, {}), (0, "denoising"): (ae, {})}, 1, x, None, batch_size=5,
+                   show_as_published=False, kappa_images=5)
+    assert sorted(set(df.model)) == ["classifier (logits)", "classifier (softmax)", "denoising AE"]
+    assert (df.groupby("model").size() == 3).all() and set(df["head"]) == {"logits", "softmax", "reconstruction"}
+
+
 def test_bar_table_marks_pairings():
-    rows = [("supervised", "classifier", "IG", 0.5, 0, 5, 0.02),
-            ("supervised", "classifier", "GradientSHAP (authors' pairing)", 0.3, 0, 5, 0.02)]
+    rows = [("supervised", "classifier (softmax)", "IG", 0.5, 0, 5, 0.02),
+            ("supervised", "classifier (softmax)", "GradientSHAP (authors' pairing)", 0.3, 0, 5, 0.02)]
     tab = E.bar_table(_summary(rows))
-    ours = tab[tab.series == "classifier"]
+    assert "FACT classifier (softmax)" in set(tab.series)
+    ours = tab[tab.series == "classifier (softmax)"]
     assert ours.method_group.tolist() == ["IG", "GradientSHAP"]
     assert ours.pairing.tolist() == ["corrected", "authors' pairing"]
     assert len(tab) == 2 + 3
+
+
+def test_head_table_puts_facts_softmax_numbers_beside_both_heads():
+    rows = _rows_both_heads({"IG": 0.6, "GradientSHAP (authors' pairing)": 0.3},
+                            {"IG": 0.9, "GradientSHAP (authors' pairing)": 0.8})
+    t = E.head_table(_summary(rows))
+    assert list(t.columns) == ["logits", "softmax", "FACT (softmax)"]
+    assert t.loc["IG"].tolist() == pytest.approx([0.9, 0.6, 0.4338])
+    assert t.loc["GradientSHAP (authors' pairing)", "FACT (softmax)"] == pytest.approx(0.3376)

@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 from lfxai_utils import examples as E  # noqa: E402
 from lfxai_utils.data import class_balanced_indices, load_dataset  # noqa: E402
@@ -266,7 +267,8 @@ def test_verdicts_per_explainer_and_ranking(tmp_path):
     assert v["similarity rate, TracIn"].verdict == "does not hold"                       # least above the prior
     assert v["similarity rate, CosineNN"].verdict == "does not hold"                     # most below the prior
     assert v["similarity rate, DKNN"].ours == ("at 5 % (k = 50): most important 0.900, least important 0.010, "
-                                               "label prior 0.100 (1,000 test examples, subtrain of 1,000)")
+                                               "label prior 0.100 (1,000 test examples, subtrain of 1,000); "
+                                               "eval mode")
     rank = v["ranking: representation-based > loss-based"]
     assert rank.verdict == "holds" and "SimplEx 0.800 vs strongest loss-based Influence Functions 0.300" in rank.ours
     s2 = _summary({"TracIn": (0.85, 0.0), "SimplEx": (0.8, 0.0), "DKNN": (0.9, 0.0)})
@@ -276,7 +278,7 @@ def test_verdicts_per_explainer_and_ranking(tmp_path):
     assert lissa == "LiSSA depth 2, HVP minibatch 64; paper: depth 100, minibatch 300"
     assert X.lissa_label(exp, 100, 300) == "LiSSA depth 100, HVP minibatch 300"
     v = {x.quantity: x for x in X.verdicts(exp, s, 0.1, 1000, 1000, lissa=lissa)}
-    assert v["similarity rate, Influence Functions"].ours.endswith(f"subtrain of 1,000; {lissa})")
+    assert v["similarity rate, Influence Functions"].ours.endswith(f"subtrain of 1,000; {lissa}); eval mode")
     assert lissa not in v["similarity rate, TracIn"].ours
     only_rep = X.verdicts(exp, _summary({"DKNN": (0.9, 0.0), "CosineNN": (0.9, 0.0)}), 0.1, 100, 50)
     assert [x.quantity for x in only_rep] == ["similarity rate, DKNN", "similarity rate, CosineNN"]
@@ -293,7 +295,12 @@ def test_run_plan_budgets(tmp_path):
     exp = _setup(tmp_path)
     plan = X.run_plan(exp, None, n_train=1000, n_test=500, if_recursion_depth=100)
     assert plan == {"explainers": list(E.EXAMPLE_METHODS), "n_train": 1000, "n_test": 500, "if_recursion_depth": 100,
-                    "simplex_steps": 1000, "notes": []}
+                    "if_n_train": None, "if_n_test": None, "simplex_steps": 1000, "notes": []}
+    assert X.run_plan(exp, None, n_train=1000, n_test=500, if_recursion_depth=1, if_n_train=100,
+                      if_n_test=100)["if_n_train"] == 100
+    from lfxai_utils.experiments import CPU_BUDGETS
+    ecg_budget = CPU_BUDGETS[("claim1_example_consistency", "ecg5000")]
+    assert "explainers" not in ecg_budget and ecg_budget["if_n_train"] == 100 and ecg_budget["if_recursion_depth"] == 1
     smoke = X.run_plan(_setup(tmp_path, smoke=True), "dknn", n_train=1000, n_test=500, if_recursion_depth=100)
     assert (smoke["n_train"], smoke["n_test"], smoke["if_recursion_depth"], smoke["simplex_steps"]) == (40, 20, 1, 50)
     ecg = _setup(tmp_path, smoke=True, dataset="ecg5000")
@@ -301,3 +308,127 @@ def test_run_plan_budgets(tmp_path):
     assert p["explainers"] == ["tracin", "simplex", "dknn", "cosine_nn"] and "influence functions left out" in p["notes"][0]
     assert X.run_plan(ecg, "influence_functions", n_train=9, n_test=9, if_recursion_depth=1)["explainers"] == [
         "influence_functions"]                                                          # asked for: kept
+
+
+# ------------------------------------------------------------------------------------------ the authors' train mode
+def test_train_mode_gradients_are_the_authors_single_image_train_mode():
+    torch.manual_seed(0)
+    net = build_model("mnist_ae", latent_dim=3, pretext="reconstruction").eval()   # no noise: deterministic
+    with torch.no_grad():                                                          # BatchNorm running stats ≠ 0, 1
+        net.train()
+        net(torch.rand(64, 1, 28, 28))
+        net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.rand(3, 1, 28, 28)
+    work = X.train_mode_model(net)
+    import warnings
+    with warnings.catch_warnings():        # vmap works on the copy (no running statistics): no slow-loop fallback
+        warnings.simplefilter("error", RuntimeWarning)
+        g = E.per_example_gradients(work, X.train_mode_loss("mse"), x)
+    names = E.encoder_parameter_names(net)
+    ref = []
+    for i in range(3):                                        # the authors: autoencoder.train(), batch size 1
+        m = __import__("copy").deepcopy(net).train()
+        loss = torch.nn.functional.mse_loss(m(x[i:i + 1]), x[i:i + 1])
+        params = dict(m.named_parameters())
+        gs = torch.autograd.grad(loss, [params[n] for n in names])
+        ref.append(torch.cat([t.flatten() for t in gs]))
+    torch.testing.assert_close(g, torch.stack(ref), rtol=1e-4, atol=1e-6)
+    g_eval = E.per_example_gradients(net, "mse", x)
+    assert not torch.allclose(g, g_eval, rtol=1e-3, atol=1e-6)                    # eval mode differs
+    for k, v in net.state_dict().items():                                         # the page's model is untouched
+        assert torch.equal(v, before[k]), k
+    assert X.train_mode_differs(net) and X.train_mode_differs(build_model("mnist_ae", latent_dim=2,
+                                                                          pretext="denoising"))
+    assert not X.train_mode_differs(build_model("ecg_ae", latent_dim=4))          # LSTM AE: train = eval
+
+
+def test_explain_train_mode_runs_loss_based_explainers_on_the_same_subsets(tmp_path):
+    exp = _setup(tmp_path)
+    torch.manual_seed(0)
+    net = build_model("mnist_ae", latent_dim=3, pretext="denoising").eval()
+    g = torch.Generator().manual_seed(1)
+    x_tr, x_te = torch.rand(8, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
+    sub = X.Subsets(torch.arange(8), torch.arange(4), x_tr, torch.arange(8) % 2, x_te, torch.arange(4) % 2, 2)
+    ckpts = [{k: v.clone() for k, v in net.state_dict().items()}]
+    s1, t1 = X.explain_train_mode(exp, net, sub, ["tracin", "dknn", "influence_functions"], hvp_x=x_tr,
+                                  tracin_checkpoints=ckpts, if_recursion_depth=1, if_batch_size=4)
+    assert set(s1) == {"tracin", "influence_functions"} and s1["tracin"].shape == (4, 8)
+    s2, _ = X.explain_train_mode(exp, net, sub, ["tracin"], tracin_checkpoints=ckpts)
+    torch.testing.assert_close(s1["tracin"], s2["tracin"])                        # seeded noise: reproducible
+    ev, _ = X.explain(exp, net, sub, ["tracin"], tracin_checkpoints=ckpts)
+    assert not torch.allclose(ev["tracin"], s1["tracin"])                          # noise + BatchNorm change it
+    assert X.explain_train_mode(exp, net, sub, ["dknn"])[0] == {}
+
+
+def test_train_mode_numbers_are_reported_but_do_not_decide_the_verdict(tmp_path):
+    exp = _setup(tmp_path)
+    ev = _summary({"TracIn": (0.263, 0.05), "DKNN": (0.9, 0.0)})
+    for train_most in (0.05, 0.380):                     # train mode below / above the prior: same verdict
+        tr = _summary({"TracIn": (train_most, 0.3)})
+        v = {x.quantity: x for x in X.verdicts(exp, ev, 0.1, 1000, 1000, train_summary=tr)}
+        t = v["similarity rate, TracIn"]
+        assert t.verdict == "holds"
+        assert f"train mode (the authors'): most important {train_most:.3f}, least important 0.300" in t.ours
+        assert "eval mode (FACT's fix)" in t.criterion
+        assert "train mode" not in v["similarity rate, DKNN"].ours
+    tab = X.mode_table(ev, _summary({"TracIn": (0.380, 0.3)}))
+    row = tab[(tab.percent == 5.0) & (tab.type == "Most important")].iloc[0]
+    assert (row["eval mode"], row["train mode"]) == (0.263, 0.380)
+    assert row["train − eval"] == pytest.approx(0.117)
+    note = X.verdicts(exp, ev, 0.1, 10, 10, train_mode_note="identical to eval mode")
+    assert note[0].ours.endswith("; train mode: identical to eval mode")
+
+
+def test_influence_functions_on_a_nested_subset(tmp_path):
+    exp = _setup(tmp_path)
+    y_tr = torch.arange(40) % 2
+    sub = X.Subsets(torch.arange(40), torch.arange(30), torch.rand(40, 5, 1), y_tr, torch.rand(30, 5, 1),
+                    torch.arange(30) % 2, 2, rules={"subtrain": "40 balanced", "test": "30 random"})
+    small = X.nested_subset(sub, 20, 6)
+    assert (small.n_train, small.n_test) == (20, 6) and torch.bincount(small.y_train).tolist() == [10, 10]
+    assert torch.equal(small.x_train, sub.x_train[:20]) and "first 20" in small.rules["subtrain"]
+    assert X.nested_subset(sub, None, 100).n_test == 30
+    scores = {"dknn": torch.rand(30, 40), "influence_functions": torch.rand(6, 20)}
+    df = X.rates(scores, sub, subsets={"influence_functions": small})
+    k = df.groupby("explainer")["k"].min()
+    assert (k["DKNN"], k["Influence Functions"]) == (2, 1)                      # 5 % of 40, 5 % of 20
+    summ = X.summarise(df)
+    v = {x.quantity: x for x in X.verdicts(exp, summ, 0.5, 40, 30, sizes={"Influence Functions": (6, 20)})}
+    assert "(6 test examples, subtrain of 20" in v["similarity rate, Influence Functions"].ours
+    assert "(k = 1)" in v["similarity rate, Influence Functions"].ours and "(k = 2)" in v["similarity rate, DKNN"].ours
+
+
+def test_train_mode_comparison_reads_eval_mode_on_the_same_pairs():
+    sub = X.Subsets(torch.arange(40), torch.arange(30), torch.rand(40, 5, 1), torch.arange(40) % 2,
+                    torch.rand(30, 5, 1), torch.arange(30) % 2, 2)
+    tm, tm_if = X.train_mode_subsets(sub, None, (20, 6))
+    assert (tm.n_train, tm.n_test, tm_if) == (20, 6, None)
+    full = {"tracin": torch.rand(30, 40)}
+    cut = X.slice_scores(full, tm)
+    assert torch.equal(cut["tracin"], full["tracin"][:6, :20])
+    ev = X.summarise(X.rates(cut, tm))
+    tr = X.summarise(X.rates({"tracin": torch.rand(6, 20)}, tm))
+    exp = SimpleNamespace(dataset="mnist", model=None)
+    v = X.verdicts(exp, X.summarise(X.rates(full, sub)), 0.5, 40, 30, train_summary=tr, eval_on_train_subset=ev,
+                   train_sizes={"TracIn": (6, 20)})[0]
+    e_most = float(ev[(ev.percent == 5.0) & (ev.type == "Most important")]["similarity_rate"].iloc[0])
+    assert "train mode (the authors') on the first 6 test × 20 subtrain" in v.ours
+    assert f"against eval mode there: most important {e_most:.3f}" in v.ours
+
+
+def test_train_mode_loss_switches_the_pretext_noise_on_and_restores_the_mode():
+    torch.manual_seed(0)
+    net = build_model("mnist_ae", latent_dim=3, pretext="denoising").eval()
+    work = X.train_mode_model(net)
+    x = torch.rand(5, 1, 28, 28)
+    loss = X.train_mode_loss("mse")
+    torch.manual_seed(3)
+    got = loss(work, x)
+    assert not work.training and not any(m.training for m in work.modules())        # mode restored
+    torch.manual_seed(3)
+    noisy = x + 0.3 * torch.randn_like(x)                                           # RandomNoise(0.3), as ORIG
+    want = ((work.decoder(work.encoder(noisy)) - x) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(got, want)
+    clean = E.reconstruction_loss("mse")(work, x)
+    assert not torch.allclose(got, clean)

@@ -304,3 +304,67 @@ def test_cpu_split_leaves_random_methods_and_explicit_batches_alone(monkeypatch)
     passes = rec.sizes[1:]  # captum's own split of the 48 probes (whole steps: 2 x 6) wins over the automatic one
     assert sum(passes) == 48 and max(passes) <= 16 and min(passes) > 4
     assert F._auto_chunk(IntegratedGradients, {"n_steps": 8}, torch.device("cuda")) is None  # GPUs: one pass
+
+
+def test_simclr_deviations_are_stated_where_the_code_makes_them():
+    """The SimCLR pages' statement of the schedule, augmentation and baseline deviations matches the code, and is
+    shown by both SimCLR notebooks and copied on the methods page."""
+    import json
+    from pathlib import Path
+
+    from lfxai_utils.experiments import feature_consistency as FC
+    from lfxai_utils.models import simclr
+
+    root = Path(__file__).resolve().parents[1]
+    what = {w: (ours, theirs) for w, ours, theirs in FC.SIMCLR_DEVIATIONS}
+    lr = FC.SIMCLR_SPEC.lr
+    assert FC.SIMCLR_FIT["scheduler"] == "cosine" and lr == 0.6
+    training = (root / "lfxai_utils" / "training.py").read_text()
+    assert "eta_min=lr * 1e-3" in training                                     # the schedule the text describes
+    assert lr * 1e-3 == pytest.approx(6e-4) and "from 0.6 down to 6e-4" in what["learning-rate schedule"][0]
+    assert lr * 0.6 == pytest.approx(0.36) and "0.36 down to 6e-4" in what["learning-rate schedule"][1]
+    doc = simclr.simclr_augment.__doc__
+    for claim in ("retries 10 times", "without antialiasing", "brightness → contrast → saturation → hue", "YIQ"):
+        assert claim in doc and claim in what["augmentations"][0]
+    assert "own GaussianBlur(kernel 21, σ = 5)" in what["GradientSHAP baseline"][0]
+    methods = (root / "book" / "methods.md").read_text()
+    for w, (ours, theirs) in what.items():
+        assert f"| {w} | {ours} | {theirs} |" in methods, w
+    for nb in ("claim1_feature_consistency", "claim1_example_consistency"):
+        cells = json.loads((root / "notebooks" / f"{nb}.ipynb").read_text())["cells"]
+        src = "\n".join("".join(c["source"]) for c in cells)
+        assert 'if model == "simclr"' in src and "simclr_deviations_markdown()" in src, nb
+    md = FC.simclr_deviations_markdown()
+    assert md.count("\n|") == 2 + len(FC.SIMCLR_DEVIATIONS)
+
+
+def test_simclr_gradient_shap_pairs_each_image_with_its_own_blur():
+    """Per-input baselines: GradientSHAP of image i uses baseline i (not a random draw from the batch, as captum's
+    GradientShap does with a baseline batch). On a linear encoder, x̃ = b + α(x − b) gives the closed form."""
+    import torch
+
+    from lfxai_utils.features import attribute_dataset
+
+    torch.manual_seed(0)
+    W = torch.randn(2, 12)
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = torch.nn.Parameter(W.clone())
+
+        def forward(self, x):
+            return x.flatten(1) @ self.W.T
+
+    x = torch.rand(4, 3, 2, 2)
+    blur = lambda v: 0.5 * v.flip(0)                       # noqa: E731  a per-image "baseline" unlike the others
+    b = blur(x)
+    a = attribute_dataset(Lin(), x, "gradient_shap", blur, batch_size=4, progress=False,
+                          generator=torch.Generator().manual_seed(0))
+    xf, bf = x.flatten(1), b.flatten(1)
+    # label-free IG-like form along x̃ = b + α(x − b): (x − b) ⊙ Wᵀ W (b + ᾱ(x − b)) for the drawn α; bounds:
+    # every α ∈ [0, 1] gives an attribution between those at α = 0 and α = 1 (linear in α)
+    lo = (xf - bf) * ((bf) @ W.T @ W)
+    hi = (xf - bf) * ((xf) @ W.T @ W)
+    af = a.flatten(1)
+    assert bool((((af - lo) * (af - hi)) <= 1e-5).all())     # with its own baseline b_i, never another image's

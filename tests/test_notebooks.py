@@ -152,3 +152,28 @@ def test_notebook_matches_its_generator(generator, monkeypatch, tmp_path):
     assert written[name] == (NOTEBOOKS / name).read_text(), (
         f"notebooks/{name} differs from what {generator.relative_to(ROOT)} writes: "
         f"run `.venv/bin/python {generator.relative_to(ROOT)}` (or move your notebook edit into the generator)")
+
+
+@pytest.mark.slow
+def test_bad_parameter_stops_the_notebook_in_its_setup_cell(tmp_path, monkeypatch):
+    """The issue's examples end to end: ``-p n_explain -5 -p batch_size 0`` on Claim 1.1 raises a ValueError naming
+    both in the set-up cell, before any folder is created or any data is read."""
+    import papermill as pm
+
+    monkeypatch.setenv("LFXAI_NO_PROGRESS", "1")
+    out_dir = tmp_path / "results"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(NOTEBOOKS / "claim1_feature_consistency.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"n_explain": -5, "batch_size": 0, "output_dir": str(out_dir),
+                                        "data_dir": str(tmp_path / "no-data")},
+                            kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    e = err.value
+    assert e.ename == "ValueError"
+    assert "n_explain = -5 is not allowed" in e.evalue and "batch_size = 0 is not allowed" in e.evalue
+    import nbformat
+
+    nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    failed = next(i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
+    assert "params.check(X.NOTEBOOK, globals())" in nb.cells[failed].source
+    assert not out_dir.exists() and not (tmp_path / "no-data").exists()

@@ -203,10 +203,96 @@ def test_verdict_bands(feat, exam, expected):
                     _corr_frame({0: 0.5, 1: 0.5}, "features", "spearman"),
                     _corr_frame({0: 0.5, 1: 0.5}, "examples", "spearman")])
     vs = P.verdicts(_ns(), df, feature_method="gradient_shap", example_method="dknn", n_explain=10000, n_train=1000)
-    assert tuple(v.verdict for v in vs) == expected
-    assert vs[0].anchor == "'moderate'" and vs[1].anchor == "'low'"
-    assert f"{feat:.2f} ± 0.00 (std over 2 runs" in vs[0].ours and "10,000 test × 1,000" in vs[1].ours
-    assert "PDF only" in vs[0].anchor_source and "[0.3, 0.7]" in vs[0].criterion and "< 0.3" in vs[1].criterion
+    assert len(vs) == 6 and (vs[0].verdict, vs[3].verdict) == expected   # std 0: never borderline
+    assert vs[0].anchor == "'moderate'" and vs[3].anchor == "'low'"
+    assert f"{feat:.2f} ± 0.00 (std over 2 runs" in vs[0].ours and "10,000 test × 1,000" in vs[3].ours
+    assert "PDF only" in vs[0].anchor_source and "[0.3, 0.7]" in vs[0].criterion and "< 0.3" in vs[3].criterion
+    assert [v.quantity for v in vs[3:]] == ["DKNN correlation between tasks",
+                                            "DKNN correlation between tasks, autoencoder pairs only",
+                                            "DKNN correlation between tasks, Spearman"]
+    assert vs[5].verdict == "does not hold" and "Spearman (6 task pairs" in vs[5].criterion  # 0.5 is not low
+
+
+def test_autoencoder_pairs_and_spearman_are_reported_beside_the_headline():
+    # classifier pairs 0.05, autoencoder pairs 0.46: all six 0.255 (low), the AE pairs alone not
+    clf = {frozenset((P.TASK_LABELS[t], "Classification")): 0.05 for t in ("reconstruction", "denoising",
+                                                                           "inpainting")}
+    df = pd.concat([_corr_frame({0: 0.5, 1: 0.5}, "features"), _corr_frame({0: 0.5, 1: 0.5}, "features", "spearman"),
+                    _corr_frame({0: 0.46, 1: 0.46}, "examples", pair_values=clf),
+                    _corr_frame({0: 0.58, 1: 0.58}, "examples", "spearman")])
+    vs = P.verdicts(_ns(), df, feature_method="gradient_shap", example_method="dknn", n_explain=100, n_train=100)
+    head, ae, sp = vs[3:]
+    assert head.verdict == "holds" and "0.26 ± 0.00" in head.ours
+    assert "autoencoder pairs only 0.46 ± 0.00; Spearman 0.58 ± 0.00" in head.ours
+    assert ae.verdict == "does not hold" and "3 autoencoder pairs 0.46" in ae.ours and "3 autoencoder pairs" in ae.criterion
+    assert sp.verdict == "does not hold" and "Spearman 0.58" in sp.ours
+
+
+def test_band_reading_borderline_rule():
+    assert P.band_reading("examples", 0.29, 0.03)[0] is None                        # within 1 sd of 0.3
+    holds, text = P.band_reading("examples", 0.29, 0.03)
+    assert "borderline" in text and "edge 0.3" in text and "at face value: holds" in text
+    assert P.band_reading("examples", 0.26, 0.03) == (True, "")                     # 0.04 > 0.03 from the edge
+    assert P.band_reading("examples", 0.34, 0.03) == (False, "")
+    assert P.band_reading("features", 0.68, 0.05)[0] is None                        # near the upper edge 0.7
+    assert "edge 0.7" in P.band_reading("features", 0.68, 0.05)[1]
+    assert P.band_reading("features", 0.32, 0.01) == (True, "")
+    assert P.band_reading("features", 0.5, float("nan")) == (True, "")
+
+
+def test_borderline_headline_is_inconclusive_with_the_word_and_the_reason():
+    # the audit's numbers: 0.29 ± 0.03 over runs
+    df = pd.concat([_corr_frame({0: 0.5, 1: 0.5}, "features"), _corr_frame({0: 0.5, 1: 0.5}, "features", "spearman"),
+                    _corr_frame({0: 0.26, 1: 0.32}, "examples"), _corr_frame({0: 0.2, 1: 0.2}, "examples", "spearman")])
+    vs = P.verdicts(_ns(), df, feature_method="gradient_shap", example_method="dknn", n_explain=100, n_train=100)
+    v = vs[3]
+    assert v.verdict == "inconclusive" and v.verdict in ("holds", "does not hold", "inconclusive")
+    assert "borderline: 0.29 lies within one standard deviation over runs (0.03)" in v.ours
+    assert "borderline" in v.criterion and vs[5].verdict == "holds"                 # Spearman 0.2 ± 0: low
+
+
+class _FakeExp(SimpleNamespace):
+    def tracin_checkpoints(self, name):
+        return self.states.get(name, [])
+
+    def size(self, normal, smoke):
+        return smoke if self.smoke else normal
+
+    def papermill_command(self, mode="train", **kw):
+        return f"papermill notebooks/claim2_pretext.ipynb out.ipynb -p mode {mode}"
+
+
+def test_method_sweep_degrades_when_tracin_states_are_missing(tmp_path):
+    write_fixture("mnist", tmp_path, n_train=64, n_test=32)
+    splits = load_dataset("mnist", data_dir=tmp_path, download=False, progress=False)
+    torch.manual_seed(0)
+    models = {(r, t): ((build_model("mnist_classifier", latent_dim=2, n_classes=10) if t == "classifier"
+                        else build_model("mnist_ae", latent_dim=2, pretext=t)).eval(), {})
+              for r in (0, 1) for t in P.TASKS}
+    exp = _FakeExp(seed=0, device=CPU, progress=False, dataset="mnist", smoke=True, states={})
+    budget = P.sweep_budget(exp, 2, 20)
+    assert budget["runs"] == [0, 1] and (budget["n_test"], budget["n_train"]) == (10, 20)
+    assert P.sweep_budget(exp, 1, 20)["runs"] == [0]
+    budget = {**budget, "n_train": 10}                                               # one image per digit: fast
+    x = splits.test.tensors()[0][:12]
+    res = P.method_sweep(exp, models, splits, None, budget=budget, x_features=x)
+    st = res.status.set_index("method")["status"]
+    assert st["TracIn"].startswith("not run: 8 of 8 checkpoints of runs [0, 1] were saved without TracIn states")
+    assert (st.drop("TracIn") == "run").all() and len(st) == 7
+    assert "TracIn" not in set(res.correlations.method)                             # no fake number
+    assert set(res.correlations.method) == {"Integrated Gradients", "GradientSHAP", "Saliency", "DKNN", "SimplEx",
+                                            "Influence functions"}
+    tab = P.sweep_table(res).set_index("method")
+    assert tab.loc["TracIn", "Pearson, 6 pairs"] == "—" and tab.loc["TracIn", "reading"].startswith("not run:")
+    assert tab.loc["DKNN", "Pearson, 6 pairs"].endswith("(2 runs)")
+    assert "LiSSA depth 1, HVP minibatch 8 (paper: depth 100, minibatch 300)" in tab.loc["Influence functions",
+                                                                                         "budget"]
+    # with TracIn states for every model, TracIn runs and equals the module's own TracIn on the subset
+    exp.states = {P.checkpoint("mnist", t, r): [{k: v.clone() for k, v in models[(r, t)][0].state_dict().items()}]
+                  for r in (0, 1) for t in P.TASKS}
+    res = P.method_sweep(exp, models, splits, None, budget={**budget, "runs": [0]}, x_features=x)
+    assert res.status.set_index("method").loc["TracIn", "status"] == "run"
+    assert "TracIn" in set(res.correlations.method)
 
 
 # ------------------------------------------------------------------------------------------ figures and explorer

@@ -21,7 +21,9 @@ write("notebooks/claim1_feature_consistency.ipynb", [
     n_explain = None          # test examples explained (None: the whole test set, as the paper)
     batch_size = 256          # explanation batch size
     ''', COMMON_PARAMS),
-    code(setup_cell("feature_consistency") + "X.validate(dataset, model)"),
+    code(setup_cell("feature_consistency") + '''X.validate(dataset, model)
+if model == "simclr":   # the SimCLR path's silent deviations (also on the methods page)
+    display(Markdown(X.simclr_deviations_markdown()))'''),
     md("## Data"),
     code('''
     splits = exp.load_data(**X.load_kwargs(dataset))

@@ -56,16 +56,21 @@ n_epochs = None           # train mode: None keeps the paper's epochs; an int ca
 
 
 def setup_cell(module: str, extra: str = "") -> str:
-    """The notebook's first code cell after the parameters: imports and validated set-up."""
+    """The notebook's first code cell after the parameters: imports, the parameter check, then the set-up.
+
+    ``lfxai_utils.params.check`` validates every parameter against the notebook's schema (type and range; a bad
+    value raises ``ValueError`` naming it) before ``common.setup`` creates a folder or loads data.
+    """
     return f'''
 %matplotlib inline
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lfxai_utils import plotting, report
+from lfxai_utils import params, plotting, report
 from lfxai_utils.experiments import common, {module} as X
 
+params.check(X.NOTEBOOK, globals())   # every parameter's type and range, before anything is created or loaded
 exp = common.setup(X.NOTEBOOK, dataset=dataset, mode=mode, smoke=smoke, model=model, seed=seed, device=device,
                    data_dir=data_dir, output_dir=output_dir, checkpoint_dir=checkpoint_dir,
                    reuse_checkpoints=reuse_checkpoints, n_epochs=n_epochs,

@@ -376,8 +376,14 @@ def setup(notebook: str, *, dataset: str, mode: str = "inference", smoke: bool =
     output_dir: results folder (default ``results/<notebook>/<dataset>[-<model>]``).
     checkpoint_dir: default ``<repo>/checkpoints``; a smoke run uses a temporary folder.
     n_epochs: train mode: override the paper's epoch budget of every model trained (recorded in the manifests).
+
+    ``smoke``, ``seed``, ``device``, ``reuse_checkpoints`` and ``n_epochs`` are checked against their entries of
+    :mod:`lfxai_utils.params` (a notebook has already checked all its parameters there before calling this).
     """
+    from ..params import check_common
+
     check_choice("mode", mode, MODES)
+    check_common(smoke=smoke, seed=seed, device=device, reuse_checkpoints=reuse_checkpoints, n_epochs=n_epochs)
     check_choice("dataset", dataset, list(datasets))
     model = model or None
     check_choice("model", model, list(models))

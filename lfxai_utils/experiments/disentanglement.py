@@ -313,27 +313,124 @@ def anchor_table(dataset: str) -> pd.DataFrame:
     return df
 
 
+def units_in_use(df: pd.DataFrame) -> dict[tuple[str, float], list[int]]:
+    """``{(loss_key, β): [latent units in use of each run, in run order]}`` (empty lists without the column)."""
+    if "active_latents" not in df:
+        return {}
+    return {(l, float(b)): [int(v) for v in g.sort_values("run")["active_latents"]]
+            for (l, b), g in df.groupby(["loss_key", "beta"])}
+
+
 def comparison_table(df: pd.DataFrame, dataset: str, metric: str = "pearson") -> pd.DataFrame:
-    """Ours beside FACT's, per loss and β: ``mean ± std (n runs)`` (population std for both)."""
+    """Ours beside FACT's, per loss and β: ``mean ± std (n runs)`` (population std for both), with the latent units
+    in use of every run beside our number (of d; fewer means collapsed units)."""
     ours = summarise(df, metric)
     fact = anchor_table(dataset).set_index(["loss_key", "beta"]) if metric == "pearson" else pd.DataFrame()
+    used = units_in_use(df)
+    d = VAE_SETTINGS[dataset].latent_dim if dataset in VAE_SETTINGS else None
     rows = []
     for r in ours.itertuples(index=False):
         key = (r.loss_key, r.beta)
         f = fact.loc[key] if len(fact) and key in fact.index else None
+        u = used.get((r.loss_key, float(r.beta)))
         rows.append({"loss": r.loss, "β": f"{r.beta:g}", f"ours ({METRIC_LABELS[metric]})":
                      f"{r.mean:.3f} ± {r.std:.3f} ({r.n} runs)",
+                     f"latent units in use per run (of {d})": ",".join(map(str, u)) if u else "—",
                      "FACT": f"{f['mean']:.3f} ± {f['std']:.3f} ({FACT_RUNS} runs)" if f is not None else "—"})
     return pd.DataFrame(rows)
 
 
-def trend(values: pd.DataFrame, *, ddof_std: int = 1) -> dict[str, Any]:
-    """Does the metric decrease from the smallest to the largest β?
+#: Significance level of the one-sided permutation test for a decrease, and the least runs per (loss, β) cell.
+ALPHA = 0.05
+MIN_RUNS = 3
+#: Above this many distinct arrangements of the β labels the permutation test is Monte Carlo (seeded).
+EXACT_MAX_ARRANGEMENTS = 100_000
+N_PERMUTATIONS = 20_000
 
-    ``values``: columns ``beta`` and ``value`` (one row per run). Returns the means per β, the pooled within-β
-    standard deviation ``sqrt(Σ (n_β − 1) s_β² / Σ (n_β − 1))`` (sample variances), the drop
-    ``mean(β_min) − mean(β_max)``, Spearman's ρ between β and the value over all runs with its one-sided p-value
-    for a *decrease*, and ``holds``: ``mean(β_max) ≥ mean(β_min) − pooled std`` (``None`` if no β has two runs).
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(v)   # average ranks for ties, as Spearman's ρ
+
+
+def _rowwise_pearson(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    A = A - A.mean(1, keepdims=True)
+    b = b - b.mean()
+    den = np.sqrt((A ** 2).sum(1) * (b ** 2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (A @ b) / np.where(den > 0, den, 1), np.nan)
+
+
+def _n_arrangements(counts: Sequence[int]) -> int:
+    out, left = 1, int(sum(counts))
+    for c in counts:
+        out *= math.comb(left, int(c))
+        left -= int(c)
+    return out
+
+
+def _label_arrangements(counts: Sequence[int]) -> np.ndarray:
+    """Every distinct assignment of group labels 0..G−1 (``counts[g]`` of each) to ``sum(counts)`` positions."""
+    from itertools import combinations
+
+    n = int(sum(counts))
+    out: list[np.ndarray] = []
+
+    def rec(free: tuple[int, ...], g: int, lab: np.ndarray) -> None:
+        if g == len(counts) - 1:
+            lab = lab.copy()
+            lab[list(free)] = g
+            out.append(lab)
+            return
+        for pick in combinations(free, int(counts[g])):
+            nxt = lab.copy()
+            nxt[list(pick)] = g
+            rec(tuple(i for i in free if i not in pick), g + 1, nxt)
+
+    rec(tuple(range(n)), 0, np.zeros(n, dtype=np.int64))
+    return np.stack(out)
+
+
+def permutation_test_decrease(beta: Sequence[float], value: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
+    """One-sided permutation test of Spearman's ρ(β, value) < 0 (a decrease with β).
+
+    Under the null hypothesis (the value does not depend on β) every assignment of the observed β labels to the
+    observed runs is equally likely. The p-value is the share of assignments whose ρ is ≤ the observed one: exact
+    (every distinct assignment enumerated) up to :data:`EXACT_MAX_ARRANGEMENTS`, else :data:`N_PERMUTATIONS` seeded
+    random permutations (plus the observed one).
+    """
+    b = np.asarray(beta, dtype=float)
+    v = np.asarray(value, dtype=float)
+    rv = _ranks(v)
+    levels, labels, counts = np.unique(b, return_inverse=True, return_counts=True)
+    rb_level = np.array([_ranks(b)[labels == g][0] for g in range(len(levels))])
+    rho = float(_rowwise_pearson(rb_level[labels][None], rv)[0])
+    total = _n_arrangements(counts)
+    if total <= EXACT_MAX_ARRANGEMENTS:
+        perms = _label_arrangements(counts)
+        null = _rowwise_pearson(rb_level[perms], rv)
+        p, how = float(np.mean(null <= rho + 1e-12)), f"exact over {total:,} arrangements"
+    else:
+        rng = np.random.default_rng(seed)
+        perms = np.stack([rng.permutation(labels) for _ in range(N_PERMUTATIONS)])
+        null = _rowwise_pearson(rb_level[perms], rv)
+        p = float((np.sum(null <= rho + 1e-12) + 1) / (N_PERMUTATIONS + 1))
+        how = f"Monte Carlo, {N_PERMUTATIONS:,} permutations of {total:,} arrangements"
+    return {"rho": rho, "p_decrease": p, "how": how}
+
+
+def trend(values: pd.DataFrame, *, ddof_std: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Does the metric decrease as β grows? A rank test over runs.
+
+    ``values``: columns ``beta`` and ``value`` (one row per run). Returns the means and run counts per β, the
+    pooled within-β standard deviation (sample variances, for information), the drop ``mean(β_min) − mean(β_max)``,
+    Spearman's ρ between β and the value over all runs, the one-sided permutation p-value for a decrease
+    (:func:`permutation_test_decrease`) and
+
+    ``holds``: ``False`` when the decrease is significant (p < :data:`ALPHA`); ``True`` when it is not and ρ ≥ 0;
+    ``None`` (inconclusive) when ρ < 0 without significance, when some β has fewer than :data:`MIN_RUNS` runs, or
+    when there is a single β or no spread. ``reason`` says which.
     """
     g = values.groupby("beta")["value"]
     means, var, n = g.mean(), g.var(ddof=ddof_std), g.count()
@@ -341,19 +438,32 @@ def trend(values: pd.DataFrame, *, ddof_std: int = 1) -> dict[str, Any]:
     pooled = float(np.sqrt((dof * var.fillna(0)).sum() / dof.sum())) if dof.sum() > 0 else float("nan")
     lo, hi = means.index.min(), means.index.max()
     drop = float(means[lo] - means[hi])
-    rho, p = float("nan"), float("nan")
-    if values["beta"].nunique() > 1 and values["value"].nunique() > 1 and len(values) > 2:
-        from scipy.stats import spearmanr
-
-        res = spearmanr(values["beta"], values["value"], alternative="less")
-        rho, p = float(res.statistic), float(res.pvalue)
-    holds = None if not math.isfinite(pooled) or lo == hi else bool(means[hi] >= means[lo] - pooled)
-    return {"means": means.to_dict(), "n": n.to_dict(), "pooled_std": pooled, "drop": drop, "spearman_rho": rho,
-            "spearman_p_decrease": p, "beta_min": float(lo), "beta_max": float(hi), "holds": holds}
+    out = {"means": means.to_dict(), "n": n.to_dict(), "pooled_std": pooled, "drop": drop, "beta_min": float(lo),
+           "beta_max": float(hi), "spearman_rho": float("nan"), "spearman_p_decrease": float("nan"),
+           "test": "", "holds": None, "reason": ""}
+    if values["beta"].nunique() < 2:
+        out["reason"] = "a single β: no trend to test"
+        return out
+    if values["value"].nunique() < 2:
+        out["reason"] = "every run gives the same value: no ranking"
+        return out
+    t = permutation_test_decrease(values["beta"], values["value"], seed=seed)
+    out.update(spearman_rho=t["rho"], spearman_p_decrease=t["p_decrease"], test=t["how"])
+    if int(n.min()) < MIN_RUNS:
+        out["reason"] = f"fewer than {MIN_RUNS} runs at some β ({int(n.min())}): the rank test has no power"
+    elif t["p_decrease"] < ALPHA:
+        out.update(holds=False, reason=f"significant decrease (one-sided p = {t['p_decrease']:.3f} < {ALPHA})")
+    elif t["rho"] >= 0:
+        out.update(holds=True, reason=f"no decrease: ρ = {t['rho']:+.2f} ≥ 0, p = {t['p_decrease']:.3f}")
+    else:
+        out["reason"] = (f"ρ = {t['rho']:+.2f} points to a decrease that is not significant "
+                         f"(p = {t['p_decrease']:.3f} ≥ {ALPHA})")
+    return out
 
 
 def anchor_trend(dataset: str, loss: str) -> dict[str, Any] | None:
-    """:func:`trend`'s criterion applied to FACT's summary numbers (population std → sample variance ×5/4)."""
+    """FACT's summary numbers at the smallest and largest β. FACT published means ± std only, no per-run values,
+    so the rank test of :func:`trend` cannot be applied to them (``testable`` is ``False``)."""
     a = anchor_table(dataset)
     a = a[a.loss_key == loss]
     if a.empty:
@@ -362,44 +472,68 @@ def anchor_trend(dataset: str, loss: str) -> dict[str, Any] | None:
     var = (a["std"] ** 2 * a["n"] / (a["n"] - 1))
     pooled = float(np.sqrt(((a["n"] - 1) * var).sum() / (a["n"] - 1).sum()))
     return {"mean_lo": float(lo["mean"]), "mean_hi": float(hi["mean"]), "beta_min": float(lo["beta"]),
-            "beta_max": float(hi["beta"]), "pooled_std": pooled, "holds": bool(hi["mean"] >= lo["mean"] - pooled)}
+            "beta_max": float(hi["beta"]), "pooled_std": pooled, "testable": False}
 
 
-CRITERION = ("mean Pearson correlation at the largest β ≥ mean at the smallest β − the pooled within-β standard "
-             "deviation over runs (no decrease beyond run-to-run noise); Spearman ρ(β, Pearson) over all runs "
-             "with its one-sided p-value for a decrease is reported alongside")
+CRITERION = (f"rank test over runs, per loss: Spearman ρ between β and the Pearson correlation of every run; does "
+             f"not hold when a one-sided permutation test (β labels permuted over the runs; exact up to "
+             f"{EXACT_MAX_ARRANGEMENTS:,} arrangements) finds a decrease at p < {ALPHA}; holds when it does not and "
+             f"ρ ≥ 0; inconclusive when ρ < 0 without significance, when a (loss, β) cell has fewer than {MIN_RUNS} "
+             f"runs, or when any of the loss's VAEs has collapsed latent units (Var μ_j ≤ {ACTIVE_VARIANCE}): "
+             "the correlation would then compare working units with units that encode nothing")
+
+
+def collapsed_models(sub: pd.DataFrame, latent_dim: int) -> pd.DataFrame:
+    """The rows (VAEs) of ``sub`` with fewer latent units in use than ``latent_dim``."""
+    if "active_latents" not in sub:
+        return sub.iloc[:0]
+    return sub[sub["active_latents"] < latent_dim]
 
 
 def verdicts(exp: Experiment, df: pd.DataFrame) -> list[Verdict]:
-    """Per loss: does the Pearson correlation between unit saliency maps not decrease as β increases?"""
+    """Per loss: does the Pearson correlation between unit saliency maps not decrease as β increases?
+    (:data:`CRITERION`; every number is given beside the latent units in use of each run.)"""
     d = VAE_SETTINGS[exp.dataset].latent_dim
     out = []
+    used = units_in_use(df)
     for loss in [l for l in LOSSES if l in set(df["loss_key"])]:
         sub = df[df.loss_key == loss]
-        t = trend(sub.rename(columns={"pearson": "value"})[["beta", "value"]])
+        t = trend(sub.rename(columns={"pearson": "value"})[["beta", "value"]], seed=int(getattr(exp, "seed", 0)))
         s = summarise(sub).set_index("beta")
-        per_beta = ", ".join(f"β={b:g}: {s.loc[b, 'mean']:.3f} ± {s.loc[b, 'std']:.3f}" for b in s.index)
-        rho = (f"; Spearman ρ = {t['spearman_rho']:.2f} (one-sided p for a decrease {t['spearman_p_decrease']:.2f})"
-               if math.isfinite(t["spearman_rho"]) else "")
+
+        def units(b):
+            u = used.get((loss, float(b)))
+            return f" [units in use of {d}: {','.join(map(str, u))}]" if u else ""
+
+        per_beta = ", ".join(f"β={b:g}: {s.loc[b, 'mean']:.3f} ± {s.loc[b, 'std']:.3f}{units(b)}" for b in s.index)
         lo_n, hi_n = int(sub.groupby("beta").size().min()), int(sub.groupby("beta").size().max())
         runs = f"{lo_n}" if lo_n == hi_n else f"{lo_n}–{hi_n}"
-        ours = (f"{per_beta} (mean ± std over {runs} runs, {int(sub['n_explained'].iloc[0]):,} test images); "
-                f"drop β={t['beta_min']:g}→{t['beta_max']:g}: {t['drop']:+.3f} vs pooled std {t['pooled_std']:.3f}"
-                + rho)
-        if "active_latents" in sub:
-            used = "; ".join(f"β={b:g}: " + ",".join(str(int(v)) for v in g["active_latents"])
-                             for b, g in sub.groupby("beta"))
-            ours += f"; latent units in use (of {d}) per run: {used}"
+        ours = (f"{per_beta} (mean ± std over {runs} runs, {int(sub['n_explained'].iloc[0]):,} test images)")
+        if math.isfinite(t["spearman_rho"]):
+            ours += (f"; Spearman ρ(β, Pearson) = {t['spearman_rho']:+.2f}, one-sided permutation p for a decrease "
+                     f"{t['spearman_p_decrease']:.3f} ({t['test']})")
+        holds, reasons = t["holds"], [t["reason"]] if t["reason"] else []
+        bad = collapsed_models(sub, d)
+        if len(bad):
+            cells = "; ".join(f"β={b:g}: run(s) {','.join(str(int(r)) for r in g['run'])} use "
+                              f"{','.join(str(int(v)) for v in g['active_latents'])} of {d}"
+                              for b, g in bad.groupby("beta"))
+            reasons.append(f"inconclusive: {len(bad)} of {len(sub)} VAEs have collapsed latent units ({cells})")
+            holds = None
+        if holds is None and t["holds"] is not None:
+            reasons.append(f"at face value the test gives: {verdict_word(t['holds'])}")
+        if reasons:
+            ours += "; " + "; ".join(reasons)
         a = anchor_trend(exp.dataset, loss)
         if a is None:
             anchor = f"{NO_ANCHOR.get(exp.dataset, 'no published number')}; paper: does not decrease with β"
         else:
             anchor = (f"β={a['beta_min']:g}: {a['mean_lo']:.3f} → β={a['beta_max']:g}: {a['mean_hi']:.3f} "
-                      f"(pooled std {a['pooled_std']:.3f}; {'holds' if a['holds'] else 'does not hold'} under the "
-                      "same criterion); paper: does not decrease with β")
+                      "(FACT publishes means ± std only, so the rank test cannot be applied to its runs); paper: "
+                      "does not decrease with β")
         out.append(Verdict("3 disentanglement", exp.dataset, f"{LOSS_LABELS[loss]} (d={d})",
                            "Pearson correlation between latent units' saliency maps vs β", ours, anchor,
-                           FACT_SOURCE.format(ds=exp.dataset), CRITERION, verdict_word(t["holds"])))
+                           FACT_SOURCE.format(ds=exp.dataset), CRITERION, verdict_word(holds)))
     return out
 
 
@@ -517,8 +651,9 @@ def plot_maps(exp: Experiment, vaes: Mapping[GridPoint, tuple[torch.nn.Module, d
 
 
 def warn_if_partial(df: pd.DataFrame) -> None:
-    """Warn when some grid cell has fewer than two runs (no spread, so the verdict is inconclusive)."""
+    """Warn when some grid cell has fewer than :data:`MIN_RUNS` runs (the verdict is then inconclusive)."""
     counts = df.groupby(["loss_key", "beta"]).size()
-    if (counts < 2).any():
-        warnings.warn("some (loss, β) cells have a single run: there is no run-to-run spread and the verdict is "
-                      "inconclusive; use n_runs ≥ 2", UserWarning, stacklevel=2)
+    if (counts < MIN_RUNS).any():
+        few = "a single run" if int(counts.min()) == 1 else f"{int(counts.min())} runs"
+        warnings.warn(f"some (loss, β) cells have {few}: fewer than {MIN_RUNS} runs, so the rank test has no power "
+                      f"and the verdict is inconclusive; use n_runs ≥ {MIN_RUNS}", UserWarning, stacklevel=2)

@@ -77,9 +77,13 @@ def resolve_explainers(explainers: Sequence[str] | str | None, model: str | None
 
 def validate(dataset: str, model: str | None, explainers: Sequence[str] | str | None = None, *,
              n_train: int = 1000, n_test: int = 1000, if_recursion_depth: int = 100,
-             if_batch_size: int | None = None, if_damp: float = 1e-3, if_scale: float = 1000.0) -> list[str]:
+             if_batch_size: int | None = None, if_damp: float = 1e-3, if_scale: float = 1000.0,
+             if_n_train: int | None = None, if_n_test: int | None = None) -> list[str]:
     """Check the page's parameters (clear ``ValueError`` naming the valid values); return the explainers to run."""
     fc.validate(dataset, model)
+    for name, v, low in (("if_n_train", if_n_train, 2), ("if_n_test", if_n_test, 1)):
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low):
+            raise ValueError(f"{name} must be None (the page's whole subset) or an integer >= {low}; got {v!r}")
     for name, v in (("n_train", n_train), ("n_test", n_test)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 2:
             raise ValueError(f"{name} must be an integer >= 2; got {v!r}")
@@ -96,7 +100,8 @@ def validate(dataset: str, model: str | None, explainers: Sequence[str] | str | 
 
 
 def run_plan(exp: Experiment, explainers: Sequence[str] | str | None, *, n_train: int, n_test: int,
-             if_recursion_depth: int) -> dict[str, Any]:
+             if_recursion_depth: int, if_n_train: int | None = None,
+             if_n_test: int | None = None) -> dict[str, Any]:
     """What this run computes: the explainers and the budgets (the parameters, or seconds-long ones in a smoke run).
 
     A smoke run on ECG5000 leaves influence functions out unless they were asked for explicitly: one Hessian-vector
@@ -105,10 +110,12 @@ def run_plan(exp: Experiment, explainers: Sequence[str] | str | None, *, n_train
     """
     run = resolve_explainers(explainers, exp.model)
     plan = {"explainers": run, "n_train": n_train, "n_test": n_test, "if_recursion_depth": if_recursion_depth,
-            "simplex_steps": 1000, "notes": []}
+            "if_n_train": if_n_train, "if_n_test": if_n_test, "simplex_steps": 1000, "notes": []}
     if exp.smoke:
         ecg = exp.dataset == "ecg5000"
-        plan.update(n_train=20 if ecg else 40, n_test=10 if ecg else 20, if_recursion_depth=1, simplex_steps=50)
+        plan.update(n_train=20 if ecg else 40, n_test=10 if ecg else 20, if_recursion_depth=1, simplex_steps=50,
+                    if_n_train=None if if_n_train is None else min(if_n_train, 20),
+                    if_n_test=None if if_n_test is None else min(if_n_test, 10))
         if ecg and explainers is None and "influence_functions" in run:
             plan["explainers"] = [e for e in run if e != "influence_functions"]
             plan["notes"].append("smoke run on ECG5000: influence functions left out (about 2 s per LSTM "
@@ -287,16 +294,30 @@ def showcase_indices(test_labels: Tensor, n: int = 4) -> list[int]:
     return out
 
 
+def nested_subset(sub: Subsets, n_train: int | None, n_test: int | None) -> Subsets:
+    """The first ``n_train`` subtrain and ``n_test`` test examples of ``sub`` (``None``: all). The subtrain's
+    order is the class-balanced rule's (class i % C in turn), so a prefix of a multiple of C examples is still
+    class-balanced; the test order is the balanced rule's (images) or a seeded permutation (ECG5000)."""
+    ntr = sub.n_train if n_train is None else min(int(n_train), sub.n_train)
+    nte = sub.n_test if n_test is None else min(int(n_test), sub.n_test)
+    rules = {"subtrain": f"the first {ntr:,} of the page's subtrain ({sub.rules.get('subtrain', '')})",
+             "test": f"the first {nte:,} of the page's test examples ({sub.rules.get('test', '')})"}
+    return Subsets(sub.train_idx[:ntr], sub.test_idx[:nte], sub.x_train[:ntr], sub.y_train[:ntr], sub.x_test[:nte],
+                   sub.y_test[:nte], sub.n_classes, list(sub.notes), rules)
+
+
 # ------------------------------------------------------------------------------------------ explanations
 def explain(exp: Experiment, net, sub: Subsets, explainers: Sequence[str], *, hvp_x: Tensor | None = None,
             tracin_checkpoints: Sequence[Mapping[str, Tensor]] | None = None, loss: str = "mse",
             if_recursion_depth: int = 100, if_batch_size: int = 300, if_damp: float = 1e-3,
             if_scale: float = 1000.0, simplex_steps: int = 1000,
-            batch_size: int = 256) -> tuple[dict[str, Tensor], pd.DataFrame]:
+            batch_size: int = 256, if_subset: Subsets | None = None) -> tuple[dict[str, Tensor], pd.DataFrame]:
     """Run every explainer on (test, subtrain) → ({explainer: (n_test, n_train) scores}, timings).
 
     Gradients and latents are taken in eval mode (FACT's fix; ORIG used train mode, i.e. denoising noise on and
-    BatchNorm on single images). The latents are computed once and shared by SimplEx, DKNN and CosineNN.
+    BatchNorm on single images; :func:`explain_train_mode` runs that). The latents are computed once and shared by
+    SimplEx, DKNN and CosineNN. ``if_subset`` (:func:`nested_subset`): influence functions run on it instead of
+    ``sub`` (a CPU budget). ``loss``: a loss kind, or a per-example loss function.
     """
     scores: dict[str, Tensor] = {}
     rows = []
@@ -312,10 +333,12 @@ def explain(exp: Experiment, net, sub: Subsets, explainers: Sequence[str], *, hv
         if e == "influence_functions":
             if hvp_x is None:
                 raise ValueError("influence functions need hvp_x (the training set HVP minibatches are drawn from)")
+            isub = if_subset or sub
             detail = (f"LiSSA depth {if_recursion_depth}, HVP batch {if_batch_size} drawn with replacement from "
-                      f"{len(hvp_x):,} training examples, damp {if_damp:g}, scale {if_scale:g}")
+                      f"{len(hvp_x):,} training examples, damp {if_damp:g}, scale {if_scale:g}"
+                      + (f"; {isub.n_test:,} test × {isub.n_train:,} subtrain" if if_subset is not None else ""))
             scores[e] = timed(EXPLAINER_LABELS[e], detail, lambda: E.influence_functions(
-                net, loss, sub.x_train, sub.x_test, hvp_x, damp=if_damp, scale=if_scale,
+                net, loss, isub.x_train, isub.x_test, hvp_x, damp=if_damp, scale=if_scale,
                 recursion_depth=if_recursion_depth, batch_size=if_batch_size, seed=exp.seed, chunk_size=batch_size,
                 device=exp.device, progress=exp.progress))
         elif e == "tracin":
@@ -344,6 +367,109 @@ def explain(exp: Experiment, net, sub: Subsets, explainers: Sequence[str], *, hv
     timings.insert(1, "n_test", sub.n_test)
     timings.insert(2, "n_train", sub.n_train)
     return scores, timings
+
+
+# ------------------------------------------------------------------------------------------ the authors' train mode
+def train_mode_differs(net) -> bool:
+    """Whether explaining in train mode changes anything: BatchNorm, dropout, or an autoencoder whose forward
+    perturbs its input in training (the denoising / inpainting pretext). The ECG LSTM AE has none of them."""
+    from torch import nn
+
+    from ..models.pretext import Identity
+
+    if any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in net.modules()):
+        return True
+    pretext = getattr(net, "pretext", None)
+    return isinstance(pretext, nn.Module) and not isinstance(pretext, Identity)
+
+
+def train_mode_model(net):
+    """A copy of ``net`` that computes like the authors' ``autoencoder.train()`` explanations, without touching
+    ``net``: every BatchNorm uses the statistics of the batch it sees (running statistics removed, so a single-example
+    gradient sees single-image statistics, as the authors' batch-size-1 loaders; nothing is updated), and
+    :func:`train_mode_loss` switches the copy to train mode for each forward (pretext noise / mask on)."""
+    import copy
+
+    work = copy.deepcopy(net)
+    torch.func.replace_all_batch_norm_modules_(work)
+    return work
+
+
+def train_mode_loss(kind: str) -> E.LossFn:
+    """The per-example pretext loss of :func:`lfxai_utils.examples.reconstruction_loss`, evaluated with the model in
+    train mode (restored afterwards): the authors' explanation mode (experiments.md §3, §12.6)."""
+    base = E.reconstruction_loss(kind)
+
+    def loss_fn(model, x):
+        flags = [(m, m.training) for m in model.modules()]
+        model.train()
+        try:
+            return base(model, x)
+        finally:
+            for m, f in flags:
+                m.training = f
+
+    loss_fn.__name__ = f"train_mode_{kind}_loss"
+    return loss_fn
+
+
+def explain_train_mode(exp: Experiment, net, sub: Subsets, explainers: Sequence[str], *,
+                       hvp_x: Tensor | None = None, tracin_checkpoints: Sequence[Mapping[str, Tensor]] | None = None,
+                       loss: str = "mse", if_recursion_depth: int = 100, if_batch_size: int = 300,
+                       if_damp: float = 1e-3, if_scale: float = 1000.0, batch_size: int = 256,
+                       if_subset: Subsets | None = None) -> tuple[dict[str, Tensor], pd.DataFrame]:
+    """The loss-based explainers of ``explainers`` (IF, TracIn) as the authors ran them, in train mode
+    (:func:`train_mode_model`, :func:`train_mode_loss`), on the same subsets and budgets as :func:`explain`.
+
+    The pretext noise is drawn from a generator seeded with ``exp.seed`` (the caller's RNG state is restored).
+    Returns ``({explainer: scores}, timings)``; empty when no loss-based explainer is asked for.
+    """
+    work = train_mode_model(net)
+    keep = set(work.state_dict())
+    ckpts = ([{k: v for k, v in st.items() if k in keep} for st in tracin_checkpoints]
+             if tracin_checkpoints else None)
+    wanted = [e for e in explainers if e in LOSS_BASED]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(exp.seed))
+        return explain(exp, work, sub, wanted, hvp_x=hvp_x, tracin_checkpoints=ckpts, loss=train_mode_loss(loss),
+                       if_recursion_depth=if_recursion_depth, if_batch_size=if_batch_size, if_damp=if_damp,
+                       if_scale=if_scale, batch_size=batch_size, if_subset=if_subset) if wanted else ({}, pd.DataFrame())
+
+
+#: Train mode costs about twice eval mode per gradient (measured: 0.93 s vs 0.42 s per 64 MNIST images on this CPU),
+#: so the comparison runs on the first (n_train, n_test) examples of the page's subsets; eval mode is read on the
+#: same examples (a loss-based score of a (test, train) pair does not depend on the other examples scored).
+TRAIN_MODE_SIZES = (200, 200)
+
+
+def train_mode_subsets(sub: Subsets, if_sub: Subsets | None, sizes: tuple[int, int] = TRAIN_MODE_SIZES):
+    """``(subset, IF subset or None)`` of the train-mode comparison: nested prefixes of the page's subsets."""
+    tm = nested_subset(sub, *sizes)
+    return tm, (nested_subset(if_sub, *sizes) if if_sub is not None else None)
+
+
+def slice_scores(scores: Mapping[str, Tensor], sub: Subsets, subsets: Mapping[str, Subsets] | None = None
+                 ) -> dict[str, Tensor]:
+    """The scores of the first ``n_test × n_train`` examples of ``sub`` (``subsets``: per explainer) — the same
+    (test, train) pairs as on the full subsets, because a loss-based score of a pair does not depend on the others."""
+    out = {}
+    for e, sc in scores.items():
+        own = (subsets or {}).get(e, sub)
+        out[e] = torch.as_tensor(sc)[:own.n_test, :own.n_train]
+    return out
+
+
+def mode_table(eval_summary: pd.DataFrame, train_summary: pd.DataFrame) -> pd.DataFrame:
+    """Eval mode (ours) beside train mode (the authors') for the explainers of ``train_summary``: one row per
+    explainer, type and percentage, columns ``eval mode``, ``train mode``, ``train − eval``."""
+    if train_summary is None or train_summary.empty:
+        return pd.DataFrame(columns=["explainer", "type", "percent", "k", "eval mode", "train mode", "train − eval"])
+    key = ["explainer", "type", "percent", "k"]
+    ev = eval_summary.set_index(key)["similarity_rate"].rename("eval mode")
+    tr = train_summary.set_index(key)["similarity_rate"].rename("train mode")
+    out = pd.concat([ev, tr], axis=1, join="inner").reset_index()
+    out["train − eval"] = out["train mode"] - out["eval mode"]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ metric
@@ -387,11 +513,14 @@ def per_example_rates(importance: Tensor, train_labels: Tensor, test_labels: Ten
     return out
 
 
-def rates(scores: Mapping[str, Tensor], sub: Subsets, fractions: Sequence[float] = FRACTIONS) -> pd.DataFrame:
-    """:func:`per_example_rates` for every explainer; ``explainer`` and ``type`` columns hold display labels."""
+def rates(scores: Mapping[str, Tensor], sub: Subsets, fractions: Sequence[float] = FRACTIONS,
+          subsets: Mapping[str, Subsets] | None = None) -> pd.DataFrame:
+    """:func:`per_example_rates` for every explainer; ``explainer`` and ``type`` columns hold display labels.
+    ``subsets``: explainers scored on another subset than ``sub`` (e.g. influence functions on a budget)."""
     frames = []
     for e, s in scores.items():
-        df = per_example_rates(s, sub.y_train, sub.y_test, fractions)
+        own = (subsets or {}).get(e, sub)
+        df = per_example_rates(s, own.y_train, own.y_test, fractions)
         df.insert(0, "explainer", EXPLAINER_LABELS.get(e, e))
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
@@ -492,41 +621,81 @@ def lissa_label(exp: Experiment, recursion_depth: int, batch_size: int) -> str:
     return label
 
 
+#: Why the verdict rows use eval mode although the authors explained in train mode (stated in each criterion).
+EVAL_MODE_REASON = ("the verdict uses eval mode (FACT's fix): in train mode the explanation of one example "
+                    "depends on random pretext noise and on the statistics of whatever batch BatchNorm sees, so it "
+                    "is not a function of the trained model; the authors' train mode is reported beside it")
+
+
 def verdicts(exp: Experiment, summary: pd.DataFrame, prior: float, n_train: int, n_test: int, *,
-             lissa: str | None = None) -> list[Verdict]:
+             lissa: str | None = None, train_summary: pd.DataFrame | None = None,
+             sizes: Mapping[str, tuple[int, int]] | None = None, train_mode_note: str | None = None,
+             eval_on_train_subset: pd.DataFrame | None = None,
+             train_sizes: Mapping[str, tuple[int, int]] | None = None) -> list[Verdict]:
     """Per explainer: most-important rate above the label prior and least-important rate below it at the smallest k.
 
     When both families ran, one more verdict checks the paper's ranking: every representation-based explainer of the
     paper (SimplEx, DKNN) beats every loss-based one (IF, TracIn) on the most-important rate at the smallest k.
     ``lissa`` (:func:`lissa_label`) is appended to the influence-function row, so that a reduced budget shows.
+    ``train_summary`` (:func:`summarise` of :func:`explain_train_mode`'s scores): the loss-based rows also give the
+    train-mode rates (the authors' mode) — the verdict stays the eval-mode one, for :data:`EVAL_MODE_REASON`;
+    ``eval_on_train_subset`` gives the eval-mode rates on the same examples (``train_sizes``: per explainer label
+    ``(n_test, n_train)`` of that comparison);
+    ``train_mode_note`` says why there are none (e.g. a model train mode does not change). ``sizes``:
+    ``{explainer label: (n_test, n_train)}`` for explainers scored on another subset than the page's.
     """
     p0 = float(summary["percent"].min())
     at = summary[summary.percent == p0]
-    k0 = int(at["k"].iloc[0])
     model = model_label(exp.dataset, exp.model)
-    data = f"{n_test:,} test examples, subtrain of {n_train:,}"
     out = []
     most_at = {}
+    tr_at = train_summary[train_summary.percent == p0] if train_summary is not None and len(train_summary) else None
     for name in dict.fromkeys(at["explainer"]):
-        rows = at[at.explainer == name].set_index("type")["similarity_rate"]
+        sel = at[at.explainer == name]
+        k0 = int(sel["k"].iloc[0])
+        rows = sel.set_index("type")["similarity_rate"]
         most, least = float(rows[TYPE_LABELS["most"]]), float(rows[TYPE_LABELS["least"]])
         most_at[name] = most
         holds = most > prior and least < prior
+        nte, ntr = (sizes or {}).get(name, (n_test, n_train))
+        data = f"{nte:,} test examples, subtrain of {ntr:,}"
         extra = f"; {lissa}" if lissa and name == EXPLAINER_LABELS["influence_functions"] else ""
         ours = (f"at {p0:g} % (k = {k0}): most important {most:.3f}, least important {least:.3f}, label prior "
-                f"{prior:.3f} ({data}{extra})")
+                f"{prior:.3f} ({data}{extra}); eval mode")
+        criterion = (f"most-important rate > label prior and least-important rate < label prior at the "
+                     f"smallest k ({p0:g} % of the subtrain)")
+        loss_based = name in (EXPLAINER_LABELS[e] for e in LOSS_BASED)
+        if loss_based:
+            if tr_at is not None and name in set(tr_at["explainer"]):
+                tr = tr_at[tr_at.explainer == name].set_index("type")["similarity_rate"]
+                where = ""
+                if train_sizes and name in train_sizes:
+                    where = f" on the first {train_sizes[name][0]:,} test × {train_sizes[name][1]:,} subtrain"
+                ours += (f"; train mode (the authors'){where}: most important {float(tr[TYPE_LABELS['most']]):.3f}, "
+                         f"least important {float(tr[TYPE_LABELS['least']]):.3f}")
+                if eval_on_train_subset is not None and len(eval_on_train_subset):
+                    e_at = eval_on_train_subset[(eval_on_train_subset.percent == p0)
+                                                & (eval_on_train_subset.explainer == name)]
+                    if len(e_at):
+                        ev = e_at.set_index("type")["similarity_rate"]
+                        ours += (f" against eval mode there: most important {float(ev[TYPE_LABELS['most']]):.3f}, "
+                                 f"least important {float(ev[TYPE_LABELS['least']]):.3f}")
+            elif train_mode_note:
+                ours += f"; train mode: {train_mode_note}"
+            criterion += "; " + EVAL_MODE_REASON
         out.append(Verdict("1.2 example consistency", exp.dataset, model, f"similarity rate, {name}", ours,
                            "most-important rate above the prior, least-important below it", ANCHOR,
-                           f"most-important rate > label prior and least-important rate < label prior at the "
-                           f"smallest k ({p0:g} % of the subtrain)", verdict_word(holds)))
+                           criterion, verdict_word(holds)))
     rep = [EXPLAINER_LABELS[e] for e in ("simplex", "dknn") if EXPLAINER_LABELS[e] in most_at]
     lb = [EXPLAINER_LABELS[e] for e in LOSS_BASED if EXPLAINER_LABELS[e] in most_at]
     if rep and lb:
         worst_rep = min(rep, key=most_at.get)
         best_lb = max(lb, key=most_at.get)
         holds = most_at[worst_rep] > most_at[best_lb]
+        k0 = int(at["k"].iloc[0])
         ours = (f"at {p0:g} % (k = {k0}): weakest representation-based {worst_rep} {most_at[worst_rep]:.3f} vs "
-                f"strongest loss-based {best_lb} {most_at[best_lb]:.3f} ({data})")
+                f"strongest loss-based {best_lb} {most_at[best_lb]:.3f} ({n_test:,} test examples, subtrain of "
+                f"{n_train:,}; eval mode)")
         out.append(Verdict("1.2 example consistency", exp.dataset, model,
                            "ranking: representation-based > loss-based", ours,
                            "SimplEx and DKNN strongest; IF and TracIn weaker", ANCHOR_RANKING,

@@ -34,6 +34,40 @@ ANCHOR = ("paper Fig. 2 and FACT Claim 1.1 (figures only, no stored numbers): ma
           "Saliency shifts the representation more than random masking at every p < 100 %")
 
 
+#: The SimCLR path's departures from the authors' code that no verdict would show (stated on every SimCLR page and
+#: on the methods page). Read from lfxai_utils.training (the schedule), lfxai_utils.models.simclr (the
+#: augmentations) and lfxai_utils.features (the per-input GradientSHAP baseline).
+SIMCLR_DEVIATIONS = (
+    ("learning-rate schedule",
+     "cosine annealing per batch from 0.6 down to 6e-4 (`CosineAnnealingLR`, η_min = lr·1e-3) over the 100 epochs",
+     "`LambdaLR` whose lambda returns an absolute rate in [1e-3, 0.6], which LambdaLR multiplies by the base rate "
+     "0.6: the effective rate runs from 0.36 down to 6e-4 (experiments.md §2)"),
+    ("augmentations",
+     "computed on the device for the whole batch (`lfxai_utils.models.simclr.simclr_augment`), with per-image "
+     "random parameters, approximating torchvision's: the crop's area fraction (0.08–1) and log aspect ratio "
+     "(3/4–4/3) are drawn once and its sides clamped to the image (torchvision retries 10 times, then falls back "
+     "to a centre crop); resampling is bilinear `grid_sample` without antialiasing, with the horizontal flip folded "
+     "into the same affine map; colour jitter (0.4, 0.4, 0.4, 0.1; p = 0.8) applies brightness → contrast → "
+     "saturation → hue in this fixed order (torchvision permutes it at random), and the hue shift is a rotation "
+     "of the YIQ chroma plane by 2π·h instead of an HSV hue shift; random grayscale p = 0.2 as torchvision",
+     "torchvision `RandomResizedCrop(32)`, `RandomHorizontalFlip(0.5)`, `RandomApply(ColorJitter(0.4, 0.4, 0.4, "
+     "0.1), p=0.8)`, `RandomGrayscale(0.2)` on the CPU, one image at a time"),
+    ("GradientSHAP baseline",
+     "each image is paired with its own GaussianBlur(kernel 21, σ = 5) as its baseline",
+     "the batch of blurred images is passed to captum's `GradientShap`, which treats it as a baseline "
+     "*distribution* and draws each probe's baseline at random from the batch, i.e. mostly the blur of another "
+     "image (Integrated Gradients and the masking pair images with their own blur in both)"),
+)
+
+
+def simclr_deviations_markdown() -> str:
+    """The SimCLR deviations as a Markdown table (shown by the SimCLR pages and copied in book/methods.md)."""
+    rows = ["| what | here | the authors' code |", "|---|---|---|"]
+    rows += [f"| {what} | {ours} | {theirs} |" for what, ours, theirs in SIMCLR_DEVIATIONS]
+    return ("**SimCLR: differences from the authors' code that no number on this page shows** (besides the "
+            "random initialisation instead of ImageNet weights).\n\n" + "\n".join(rows))
+
+
 def validate(dataset: str, model: str | None) -> None:
     if model == "simclr" and dataset != "cifar10":
         raise ValueError(f"model='simclr' is the paper's CIFAR-10 model; use dataset='cifar10' (got {dataset!r}), "

@@ -382,13 +382,17 @@ def test_make_lab_starts_jupyterlab_from_the_venv_with_the_notebooks_open():
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
-    out = subprocess.run([make, "-n", "-o", ".venv/.installed", "lab"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
+    # Run as a top-level make: under `make test` the inherited MAKEFLAGS/MAKELEVEL make a sub-make print
+    # "Entering/Leaving directory" lines around the recipe.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    out = subprocess.run([make, "--no-print-directory", "-n", "-o", ".venv/.installed", "lab"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
     cmd = out.stdout.strip().splitlines()[-1]
     assert cmd.startswith(".venv/bin/python -m jupyterlab ")
     assert "--LabApp.default_url=/lab/tree/notebooks" in cmd and "--ServerApp.root_dir=." in cmd
-    rule = subprocess.run([make, "-p", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
+    rule = subprocess.run([make, "--no-print-directory", "-p", "-n", "lab"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env=env).stdout
     assert any(line.startswith("lab: .venv/.installed") for line in rule.splitlines())
 
 

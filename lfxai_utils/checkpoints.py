@@ -217,6 +217,26 @@ def read_manifest(directory: PathLike, name: str, *, train_hint: str | None = No
     return manifest
 
 
+def amend_manifest(directory: PathLike, name: str, section: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Add derived ``fields`` to the ``section`` (dotted path, e.g. ``"data.roar"``) of ``name``'s manifest.
+
+    For facts computed later from what trained the model (never its weights: ``file`` is left alone, and an
+    existing field is never changed). Atomic rewrite; returns the new manifest.
+    """
+    manifest = read_manifest(directory, name)
+    node = manifest
+    for key in section.split("."):
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"manifest section {section!r} of {name!r} is not a mapping")
+    clash = {k: (node[k], v) for k, v in fields.items() if k in node and node[k] != v}
+    if clash:
+        raise ValueError(f"refusing to change recorded manifest fields of {name!r} ({section}): {clash}")
+    node.update(_jsonable(dict(fields), f"fields for {name}"))
+    _write_json(checkpoint_paths(directory, name)[1], manifest)
+    return manifest
+
+
 def _verified_state(directory: PathLike, name: str, manifest: Mapping[str, Any], map_location: Any) -> dict[str, Tensor]:
     pt = checkpoint_paths(directory, name)[0]
     if not pt.exists():

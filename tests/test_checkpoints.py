@@ -214,6 +214,28 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
         save_checkpoint(torch.nn.Linear(2, 2), tmp_path, "x", settings=SETTINGS, data_info=DATA)
 
 
+def test_amend_manifest_adds_derived_fields_atomically_and_never_changes_one(saved, monkeypatch):
+    d, _ = saved
+    before = ck.read_manifest(d, "m")
+    after = ck.amend_manifest(d, "m", "data.roar", {"check_n": 10})
+    assert after == ck.read_manifest(d, "m") and after["data"]["roar"] == {"check_n": 10}
+    assert {k: v for k, v in after.items() if k != "data"} == {k: v for k, v in before.items() if k != "data"}
+    assert ck.amend_manifest(d, "m", "data.roar", {"check_n": 10}) == after      # the same value again: fine
+    with pytest.raises(ValueError, match="refusing to change"):
+        ck.amend_manifest(d, "m", "data.roar", {"check_n": 11})
+    with pytest.raises(ValueError, match="not a mapping"):
+        ck.amend_manifest(d, "m", "data.roar.check_n", {"x": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", boom)
+    with pytest.raises(OSError):
+        ck.amend_manifest(d, "m", "data.roar", {"other": 1})
+    assert ck.read_manifest(d, "m") == after                                    # no half-written manifest
+    load_checkpoint(d, "m")                                                     # weights still verify
+
+
 def test_readme_table(saved):
     d, _ = saved
     readme = d / "README.md"

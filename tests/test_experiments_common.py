@@ -107,6 +107,11 @@ def test_stale_reasons_name_each_difference():
     assert common.stale_reasons(man, now, {**info, "files": [{"path": "f", "sha256": "2"}]}) == \
         ["data files differ: f"]
     assert common.stale_reasons(man, now, {**info, "n_train": 10000}) == ["data.n_train differs"]
+    # a mapping (ROAR's masks) differs on a field both record; a field only one side records is derived, later added
+    roar = {"method": "random", "mask_sha256": "a"}
+    man_roar = {**man, "data": {**man["data"], "roar": roar}}
+    assert common.stale_reasons(man_roar, now, {**info, "roar": {**roar, "check_n": 10}}) == []
+    assert common.stale_reasons(man_roar, now, {**info, "roar": {**roar, "mask_sha256": "b"}}) == ["data.roar differs"]
 
 
 def test_baselines(tmp_path):

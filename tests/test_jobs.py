@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -12,6 +16,8 @@ import pytest
 from lfxai_utils.checkpoints import read_manifest
 from lfxai_utils.experiments import BOOK_CHAPTERS, jobs as J
 from lfxai_utils.fixtures import write_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pages(*keys):
@@ -205,3 +211,54 @@ def test_capped_checkpoint_interval_keeps_several_tracin_checkpoints():
     assert cap(10, 100, 100) == 10 and cap(10, 100, 200) == 10 and cap(None, 100, 10) is None
     assert cap(10, 100, 10) == 2 and cap(25, 150, 3) == 1 and cap(10, 100, 60) == 10
     assert len(range(0, 10, cap(10, 100, 10))) == 5
+
+
+_ORPHAN_SCRIPT = r"""
+import os, sys, time
+from pathlib import Path
+from lfxai_utils.experiments import jobs
+
+def report_pid(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    ex = jobs.make_executor("local", 1, 1, Path(sys.argv[2]))
+    ex.submit(report_pid, sys.argv[1])
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")                                   # a zombie has stopped running
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_killing_the_runner_stops_its_workers(tmp_path):
+    """A stopped `make checkpoints` must not leave workers training (a past session found two orphans writing the
+    same checkpoints as the restarted run)."""
+    script = tmp_path / "runner.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    pid_file = tmp_path / "worker.pid"
+    runner = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path)], cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        os.kill(worker, 0)                                           # the worker runs
+        runner.kill()                                                # SIGKILL: no cleanup code of the runner runs
+        runner.wait(10)
+        deadline = time.time() + 15
+        while time.time() < deadline and _alive(worker):
+            time.sleep(0.2)
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived the runner")
+    finally:
+        if runner.poll() is None:
+            runner.kill()

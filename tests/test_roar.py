@@ -2,6 +2,7 @@
 shared initial weights, checkpoints and the verdict logic."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pandas as pd
@@ -237,6 +238,62 @@ def test_pipeline_explains_the_original_encoder_from_shared_initial_weights(tmp_
     # a retraining seed that was never trained is reported, not silently replaced
     with pytest.raises(CheckpointNotFoundError):
         R.retrain(inf, splits, scores2, [50], base_man2, runs=[2])
+
+
+def test_inference_checks_masks_on_the_first_images_and_train_mode_records_what_that_needs(tmp_path, monkeypatch):
+    """The page's inference run explains only the first CHECK_N training images: the same table as explaining all
+    of them, masks checked against the manifests' digests over those images; train mode (re)records those digests."""
+    monkeypatch.setattr(R, "CHECK_N", 10)
+    write_fixture("mnist", tmp_path / "data", n_train=24, n_test=8)
+    exp = _setup(tmp_path, mode="train", n_epochs=1)
+    splits = exp.load_data()
+    base, base_man = R.get_base_model(exp, splits)
+    x = R.train_images(splits)
+    baseline = common.baseline_for("mnist", splits)
+    scores = R.train_attributions(exp, base.encoder, x, R.METHODS, baseline)
+    models = R.retrain(exp, splits, scores, [10, 50, 100], base_man)
+    names = [R.checkpoint("mnist", m, p, 0) for m in R.METHODS for p in (10, 50, 100)]
+    for (m, p, _), rt in models.items():
+        roar = rt.manifest["data"]["roar"]
+        assert roar["check_n"] == 10
+        assert roar["check_mask_sha256"] == R.mask_digest(R.removal_mask(scores[m], p)[:10])
+        assert roar["inputs_sha256"] == R.effective_digest(x, R.removal_mask(scores[m], p))
+    assert len(R.images_to_explain(exp, x, names)) == 24                    # train mode: every image is masked
+    full = R.retrained_losses(exp, splits, base, models)
+
+    inf = _setup(tmp_path, mode="inference")
+    base2, base_man2 = R.get_base_model(inf, splits)
+    head = R.images_to_explain(inf, x, names)
+    assert torch.equal(head, x[:10])
+    scores2 = R.train_attributions(inf, base2.encoder, head, R.METHODS, baseline)
+    models2 = R.retrain(inf, splits, scores2, [10, 50, 100], base_man2)
+    same = R.mask_reproduction(models2)
+    assert same.identical.all() and (same.images == 10).all()
+    pd.testing.assert_frame_equal(R.retrained_losses(inf, splits, base2, models2), full)
+    assert R.degenerate_levels(models2) == R.degenerate_levels(models)
+    wrong = dict(scores2, random=scores2["random"].flip(0))                 # another image's scores in the head
+    assert not R.mask_reproduction(R.retrain(inf, splits, wrong, [10], base_man2)).set_index("method") \
+        .identical["Random"]
+    with pytest.raises(ValueError, match="only inference mode"):
+        R.retrain(exp, splits, scores2, [10], base_man)                     # train mode must mask every image
+
+    # a manifest written before the check fields existed: inference falls back to every image, and a train-mode
+    # run that reuses the model (its full-mask digest confirmed) adds the fields without retraining it
+    js = tmp_path / "ckpt" / f"{names[0]}.json"
+    old = json.loads(js.read_text())
+    for f in R.CHECK_FIELDS:
+        del old["data"]["roar"][f]
+    js.write_text(json.dumps(old))
+    assert len(R.images_to_explain(inf, x, names)) == 24
+    again = _setup(tmp_path, mode="train", n_epochs=1, reuse_checkpoints=True)
+    sha = old["file"]["sha256"]
+    R.retrain(again, splits, scores, [10], base_man)
+    assert again.trained == []
+    amended = json.loads(js.read_text())
+    assert amended["file"]["sha256"] == sha
+    assert {f: amended["data"]["roar"][f] for f in R.CHECK_FIELDS} == \
+        {f: models[("gradient_shap", 10, 0)].manifest["data"]["roar"][f] for f in R.CHECK_FIELDS}
+    assert len(R.images_to_explain(inf, x, names)) == 10
 
 
 def _fake(stats: dict, digest: str):

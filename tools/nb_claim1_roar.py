@@ -53,7 +53,7 @@ percents = exp.size(percents, X.smoke_levels(percents))"""),
     baseline = common.baseline_for(dataset, splits)
     nonzero = X.nonzero_pixels(x_train).sum(1).double()
     n_pixels = x_train.shape[-2] * x_train.shape[-1]
-    print(f"{len(splits.train):,} training images (all explained and masked) and {len(splits.test):,} test images "
+    print(f"{len(splits.train):,} training images (all masked for retraining) and {len(splits.test):,} test images "
           f"(never masked); {n_pixels} pixels per image")
     print(f"non-zero pixels per training image: mean {nonzero.mean():.1f} ({100 * nonzero.mean() / n_pixels:.1f} %), "
           f"min {nonzero.min():.0f}, max {nonzero.max():.0f} — removing a pixel that is already 0 changes nothing")
@@ -66,13 +66,17 @@ percents = exp.size(percents, X.smoke_levels(percents))"""),
     md("""
     ## Explanations
 
-    Label-free attributions of **every training image, in dataset order**, by the base model's encoder; then the
-    masked training images the retrained models see. Each row is one training image under one method; columns remove
-    more and more of its most important pixels (black = removed, or black already).
+    Label-free attributions of the training images, **in dataset order**, by the base model's encoder; then the
+    masked training images the retrained models see. Train mode explains every training image (each is masked); the
+    book's inference run explains the first 1,000, enough to check that its masks are those every shipped model
+    was trained on (the manifests record the masks' sha256 over all images and over those 1,000). Each row is one
+    training image under one method; columns remove more and more of its most important pixels (black = removed,
+    or black already).
     """),
     code('''
-    scores = X.train_attributions(exp, base.encoder, x_train, methods, baseline, batch_size=batch_size)
-    images, rows, cols = X.example_grid(x_train, scores, percents, n=n_show)
+    x_explain = X.images_to_explain(exp, x_train, X.required_checkpoints(dataset, None, methods, percents, n_seeds)[1:])
+    scores = X.train_attributions(exp, base.encoder, x_explain, methods, baseline, batch_size=batch_size)
+    images, rows, cols = X.example_grid(x_explain, scores, percents, n=n_show)
     fig = plotting.image_grid(images, row_labels=rows, col_labels=cols, title=f"Masked training images — {exp.label}")
     exp.save_figure(fig, "masked_examples")
     plt.show()
@@ -89,8 +93,8 @@ percents = exp.size(percents, X.smoke_levels(percents))"""),
     models = X.retrain(exp, splits, scores, percents, base_manifest, runs=range(n_seeds))
     display(report.manifest_table({X.checkpoint(dataset, m, p, r): rt.manifest for (m, p, r), rt in models.items()}))
     same = X.mask_reproduction(models)
-    print(f"masks computed in this run from the base model are the ones the retrained models were trained on: "
-          f"{int(same.identical.sum())} of {len(same)}")
+    print(f"masks computed in this run from the base model (over {same.images.min():,} training images) are the "
+          f"ones the retrained models were trained on: {int(same.identical.sum())} of {len(same)}")
     df = X.retrained_losses(exp, splits, base, models)
     exp.save_csv(df, "roar.csv")
     degenerate = df[df.degenerate != ""].drop_duplicates(["method", "percent"])[["method", "percent", "degenerate"]]

@@ -170,8 +170,27 @@ def job_state(job: TrainJob, checkpoint_dir: Path, data_dir: Path | None, memo: 
 
 
 # ------------------------------------------------------------------------------------------ worker
-def _init_worker(threads: int, counter, n_gpus: int) -> None:
-    """Executor initializer: intra-op threads, and one GPU per worker (round robin) where there are GPUs."""
+def _die_with_parent(parent_pid: int | None = None) -> None:
+    """Linux: this process gets SIGTERM when the process that started it ends (even by SIGKILL), so that stopping
+    ``make checkpoints`` stops its workers instead of leaving them training (and writing the same checkpoints as
+    the next run's). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if parent_pid is not None and os.getppid() != parent_pid:     # it died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(threads: int, counter, n_gpus: int, parent_pid: int | None = None) -> None:
+    """Executor initializer: the worker dies with the runner; intra-op threads, and one GPU per worker (round
+    robin) where there are GPUs."""
+    _die_with_parent(parent_pid)
     if counter is not None and n_gpus:
         with counter.get_lock():
             idx = counter.value
@@ -231,7 +250,7 @@ def make_executor(kind: str, jobs: int, threads: int, log_dir: Path):
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(threads, counter, n_gpus))
+                                   initargs=(threads, counter, n_gpus, os.getpid()))
     if kind == "slurm":
         try:
             import submitit

@@ -48,6 +48,13 @@ PERCENTS = (10, 20, 50, 70, 100)
 N_SEEDS = 3
 LOSS_COLUMNS = ["method", "percent", "run", "k", "test_loss", "nonzero_removed", "black_images", "degenerate",
                 "checkpoint"]
+#: Training images an inference run explains to check the shipped models' masks: each retrained model's manifest
+#: records the sha256 of its masks over all training images and over the first ``CHECK_N`` (and what the masks left
+#: of the images, for :func:`degenerate_levels`), so that the page need not explain all 60,000 images again (~7 min
+#: on 2 CPU cores) to verify them. Train mode explains every image, as it must to mask them.
+CHECK_N = 1000
+#: The fields of a manifest's ``data.roar`` that let an inference run explain only the first ``CHECK_N`` images.
+CHECK_FIELDS = ("check_n", "check_mask_sha256", "inputs_sha256")
 #: ORIG's CLI runs ``roar_test(..., n_epochs=10)`` (the function default is 100).
 N_EPOCHS = 10
 ANCHOR = ("paper App. C (figure only, no numbers): removing the pixels that label-free GradientSHAP and IG rank "
@@ -144,6 +151,29 @@ def required_checkpoints(dataset: str, model: str | None = None, methods: Sequen
     methods, percents = validate(methods, percents)
     return [checkpoint(dataset)] + [checkpoint(dataset, m, p, r) for m in methods for p in percents
                                     for r in range(validate_seeds(n_seeds))]
+
+
+def images_to_explain(exp: Experiment, x: Tensor, names: Sequence[str]) -> Tensor:
+    """The training images this run explains: all of them (train and smoke modes: every image is masked), or in
+    inference mode the first :data:`CHECK_N` when every retrained checkpoint in ``names`` records its masks'
+    digests over those images (:data:`CHECK_FIELDS`); otherwise all, with the reason printed."""
+    n = min(CHECK_N, len(x))
+    if exp.mode != "inference" or exp.smoke or n == len(x):
+        return x
+    from ..checkpoints import read_manifest
+
+    lacking = []
+    for name in names:
+        roar = (read_manifest(exp.checkpoint_dir, name).get("data") or {}).get("roar") or {}
+        if any(k not in roar for k in CHECK_FIELDS) or roar.get("check_n") != n:
+            lacking.append(name)
+    if lacking:
+        print(f"{len(lacking)} checkpoint(s) do not record their masks' digests over the first {n:,} training "
+              f"images (e.g. {lacking[0]}): explaining all {len(x):,} to check their masks")
+        return x
+    print(f"explaining the first {n:,} of {len(x):,} training images: enough to check every shipped model's masks "
+          f"(their manifests record the digests over all images and over these; train mode explains all)")
+    return x[:n]
 
 
 def retrain_seed(seed: int, run: int) -> int:
@@ -245,9 +275,11 @@ class Retrained:
     model: nn.Module
     manifest: dict[str, Any]
     k: int
-    mask_sha256: str                 # of the masks computed in this run (from the base model)
-    stats: dict[str, float]          # :func:`removal_stats` of those masks
+    mask_sha256: str                 # of the masks computed in this run (from the base model), over n_checked images
+    stats: dict[str, float]          # :func:`removal_stats` of the masks over every training image
     inputs_sha256: str = ""          # of what the masks leave of the training images (:func:`effective_digest`)
+    n_checked: int = 0               # training images whose masks this run computed (all, or the first CHECK_N)
+    checked_against: str = "mask_sha256"   # the manifest field mask_sha256 is compared with
 
 
 def effective_digest(x: Tensor, mask: Tensor, nonzero: Tensor | None = None) -> str:
@@ -264,9 +296,20 @@ def retrain(exp: Experiment, splits, scores: Mapping[str, Tensor], percents: Seq
     weights), the same for every method and level, so methods compare paired by seed. Only scores enter here, never
     an encoder: the explained model cannot change between methods. In inference mode the checkpoints are loaded;
     they must record this base model's sha256 (else ``CheckpointMismatchError``).
+
+    ``scores`` cover every training image, or (inference mode only, see :func:`images_to_explain`) the first
+    :data:`CHECK_N`: the masks are then checked against the manifests' digests over those images, and the removal
+    statistics come from the manifests. A model that train mode reuses and whose manifest predates
+    :data:`CHECK_FIELDS` gets them added, once its full-mask digest is confirmed.
     """
     x, y = splits.train.tensors()
+    n_scored = len(next(iter(scores.values())))
+    full = n_scored == len(x)
+    if not full and (exp.mode != "inference" or n_scored != min(CHECK_N, len(x))):
+        raise ValueError(f"scores cover {n_scored:,} of {len(x):,} training images: retraining masks every image, "
+                         f"and only inference mode may check the first {CHECK_N:,}")
     nz = nonzero_pixels(x)
+    n_check = min(CHECK_N, len(x))
     base_sha = base_manifest["file"]["sha256"]
     out = {}
     masks = {}
@@ -274,19 +317,37 @@ def retrain(exp: Experiment, splits, scores: Mapping[str, Tensor], percents: Seq
     for m, p, r in tqdm(jobs, desc="remove and retrain", disable=not exp.progress):
         if (m, p) not in masks:
             mask = removal_mask(scores[m], p)
-            masks = {(m, p): (mask, mask_digest(mask), removal_stats(x, mask, nz), effective_digest(x, mask, nz))}
-        mask, digest, stats, eff = masks[(m, p)]
+            derived = {"check_n": n_check, "check_mask_sha256": mask_digest(mask[:n_check])}
+            if full:
+                derived["inputs_sha256"] = effective_digest(x, mask, nz)
+                masks = {(m, p): (mask, mask_digest(mask), {**removal_stats(x, mask, nz), **derived})}
+            else:
+                masks = {(m, p): (mask, derived["check_mask_sha256"], derived)}
+        mask, digest, facts = masks[(m, p)]
         k = n_removed(p, mask.shape[1])
+        name = checkpoint(exp.dataset, m, p, r)
         info = {**json_data_info(splits),
                 "roar": {"method": m, "percent": int(p), "k": k, "masks_from": checkpoint(exp.dataset),
-                         "base_sha256": base_sha, "mask_sha256": digest,
+                         "base_sha256": base_sha, **({"mask_sha256": digest} if full else {}),
                          "removed": "top-k pixels of each training image (sum over channels of |attribution|) set to 0",
-                         **stats}}
-        model, manifest = exp.get_model(checkpoint(exp.dataset, m, p, r),
-                                        roar_spec(exp.dataset, m, p, k, base_sha, r),
-                                        (mask_images(x, mask), y), data_info=info, seed=retrain_seed(exp.seed, r),
-                                        fit_kwargs=_fit_kwargs(exp), desc=f"{METHOD_LABELS[m]} {p} % seed {r}")
-        out[(m, p, r)] = Retrained(model, manifest, k, digest, stats, eff)
+                         **facts}}
+        model, manifest = exp.get_model(name, roar_spec(exp.dataset, m, p, k, base_sha, r),
+                                        (mask_images(x, mask), y) if full else None, data_info=info,
+                                        seed=retrain_seed(exp.seed, r), fit_kwargs=_fit_kwargs(exp),
+                                        desc=f"{METHOD_LABELS[m]} {p} % seed {r}")
+        recorded = (manifest.get("data") or {}).get("roar") or {}
+        if full and exp.mode == "train" and recorded.get("mask_sha256") == digest \
+                and any(f not in recorded for f in CHECK_FIELDS):
+            from ..checkpoints import amend_manifest
+
+            manifest = amend_manifest(exp.checkpoint_dir, name, "data.roar",
+                                      {f: facts[f] for f in CHECK_FIELDS if f not in recorded})
+            exp.manifests[name] = manifest
+            recorded = manifest["data"]["roar"]
+        stats = {s: facts[s] if full else recorded.get(s, float("nan")) for s in ("nonzero_removed", "black_images")}
+        out[(m, p, r)] = Retrained(model, manifest, k, digest, stats,
+                                   facts["inputs_sha256"] if full else recorded.get("inputs_sha256", ""),
+                                   n_scored, "mask_sha256" if full else "check_mask_sha256")
     return out
 
 
@@ -359,9 +420,11 @@ def loss_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def mask_reproduction(models: Mapping[tuple[str, int], Retrained]) -> pd.DataFrame:
-    """Are the masks computed in this run the ones each model was trained on (sha256 in its manifest)?"""
-    return pd.DataFrame([{"method": METHOD_LABELS[m], "percent": int(p), "run": int(run),
-                          "identical": (r.manifest.get("data") or {}).get("roar", {}).get("mask_sha256") == r.mask_sha256}
+    """Are the masks computed in this run the ones each model was trained on (sha256 in its manifest, over all
+    training images or over the first ``n_checked``)?"""
+    return pd.DataFrame([{"method": METHOD_LABELS[m], "percent": int(p), "run": int(run), "images": r.n_checked,
+                          "identical": ((r.manifest.get("data") or {}).get("roar") or {}).get(r.checked_against)
+                          == r.mask_sha256}
                          for (m, p, run), r in models.items()])
 
 

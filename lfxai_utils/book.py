@@ -417,12 +417,19 @@ def run_instructions(page: Page) -> str:
 
 
 def render_not_run_page(page: Page, reasons: Sequence[str]) -> str:
+    """The page shown instead of an executed notebook: what is missing here (``reasons``), the standing reason the
+    project's machines cannot run it (:func:`~lfxai_utils.experiments.not_run_note`, when there is one), and the
+    commands that run it elsewhere."""
+    from .experiments import not_run_note
+
+    standing = not_run_note(page.notebook, page.dataset, page.model)
     return (
         f"# {page.title}\n\n"
         ":::{admonition} Not run here\n:class: warning\n"
         "This page could not be executed on the machine that built this book, so it shows **no results**.\n"
-        ":::\n\n**Why:**\n\n" + "\n".join(f"- {r}" for r in reasons) + "\n\n**How to run it:**\n\n"
-        + run_instructions(page)
+        ":::\n\n**Why:**\n\n" + "\n".join(f"- {r}" for r in reasons) + "\n\n"
+        + (f"{standing}\n\n" if standing else "")
+        + "**How to run it:**\n\n" + run_instructions(page)
     )
 
 

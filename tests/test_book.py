@@ -732,3 +732,20 @@ class _Warns(__import__("torch").nn.Module):
 
         warnings.warn("a warning of the model's own", UserWarning)
         return self.inner(z)
+
+
+def test_not_run_page_gives_the_standing_reason_the_project_cannot_run_it():
+    """CIFAR-100, dSprites, SimCLR and ROAR CIFAR-10 pages say why this project's machines cannot run them
+    (experiments.NOT_RUN_NOTES), beside what the readiness check found and the commands that run them elsewhere."""
+    from lfxai_utils.experiments import NOT_RUN_NOTES, not_run_note
+
+    cases = [(Page("claim2_pretext", "cifar100", "P: CIFAR-100"), NOT_RUN_NOTES[(None, "cifar100", None)]),
+             (Page("claim3_disentanglement", "dsprites", "D"), NOT_RUN_NOTES[(None, "dsprites", None)]),
+             (Page("claim1_feature_consistency", "cifar10", "S", "simclr"), NOT_RUN_NOTES[(None, "cifar10", "simclr")]),
+             (Page("claim1_roar", "cifar10", "R"), NOT_RUN_NOTES[("claim1_roar", "cifar10", None)])]
+    for page, note in cases:
+        assert not_run_note(page.notebook, page.dataset, page.model) == note
+        md = book.render_not_run_page(page, ["data: dataset is missing"])
+        assert note in md and md.index("data: dataset is missing") < md.index(note) < md.index("**How to run it:**")
+    plain = book.render_not_run_page(Page("claim2_pretext", "cifar10", "P: CIFAR-10"), ["checkpoints not shipped"])
+    assert not any(note in plain for note in NOT_RUN_NOTES.values())   # CIFAR-10 pretext has no standing reason

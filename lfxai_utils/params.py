@@ -303,7 +303,7 @@ def _own(notebook: str) -> dict[str, Spec]:
                 "batch_size": batch,
                 "n_show": Int(min=1, doc="training images shown per method")}
     if notebook == "claim2_pretext":
-        return {**base, "n_runs": Int(min=1, doc="runs of 4 models"),
+        return {**base, "n_runs": Int(min=1, none=True, doc="runs of 4 models; None: 5 when training, the shipped runs in inference"),
                 "feature_method": Choice(values=tuple(X.FEATURE_METHODS)),
                 "example_method": Choice(values=tuple(X.EXAMPLE_METHODS)),
                 "n_explain": Int(min=2, none=True, doc="test images explained; None: the whole test set"),
@@ -312,7 +312,7 @@ def _own(notebook: str) -> dict[str, Spec]:
     if notebook == "claim3_disentanglement":
         return {**base, "betas": Numbers(item=Real(low=0.0), doc="the β grid"),
                 "losses": Names(values=tuple(X.LOSSES)),
-                "n_runs": Int(min=1, doc="runs per (loss, β)"),
+                "n_runs": Int(min=1, none=True, doc="runs per (loss, β); None: 5 when training, the shipped runs in inference"),
                 "n_explain": Int(min=1, none=True, doc="test images explained per model; None: the whole test set"),
                 "n_plot": Int(min=1, doc="test images drawn"),
                 "batch_size": batch}
@@ -325,7 +325,7 @@ def _own(notebook: str) -> dict[str, Spec]:
                 "lr": Real(low=0.0, doc="Adam learning rate"),
                 "parameterisation": Choice(values=tuple(PARAMETERISATIONS))}
     if notebook == "encoder_vs_decoder":
-        return {**base, "n_runs": Int(min=1, doc="runs of the pretext page"),
+        return {**base, "n_runs": Int(min=1, none=True, doc="runs of the pretext page; None: 5 when training, the shipped runs in inference"),
                 "ae_tasks": Names(values=tuple(X.AE_TASKS)),
                 "n_explain": Int(min=1, none=True, doc="test images; None: the whole test set"),
                 "batch_size": batch}

@@ -254,3 +254,35 @@ def test_verdicts_on_models_cut_below_the_paper_budget_and_still_improving_are_i
     full.get_model("m", _tiny_spec(), splits.train, data_info=info)
     assert full.training_diagnostics()["undertrained"] == []
     assert full.write_summary([v]).verdict.tolist() == ["holds"]
+
+
+def test_resolve_runs_uses_the_complete_shipped_runs_in_inference_and_the_papers_when_training(tmp_path, capsys):
+    """`-p n_runs` unset (None): inference uses runs 0..k-1 whose every checkpoint is there (the design card's
+    `papermill notebooks/claim2_pretext.ipynb -p dataset cifar10` then runs on what is shipped for CIFAR-10)."""
+    from lfxai_utils.checkpoints import checkpoint_paths
+    from lfxai_utils.experiments import pretext as P
+
+    def ship(*names):
+        for n in names:
+            for path in checkpoint_paths(tmp_path / "ckpt", n):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("x")
+
+    def required(k):
+        return P.required_checkpoints("cifar10", None, k)
+
+    inf = _setup(tmp_path, dataset="cifar10", mode="inference")
+    with pytest.raises(CheckpointNotFoundError, match=r"no complete run .* train them: papermill .*-p mode train"):
+        inf.resolve_runs(None, 5, required)
+    ship(*required(1)[:3])                                          # run 0 incomplete: still nothing to use
+    with pytest.raises(CheckpointNotFoundError, match=P.checkpoint("cifar10", "classifier", 0)):
+        inf.resolve_runs(None, 5, required)
+    ship(*required(2))
+    ship(*[n for n in required(4) if "_run3" in n])                # run 3 without run 2: runs 0-1 are used
+    assert inf.resolve_runs(None, 5, required) == 2 and "the 2 run(s)" in capsys.readouterr().out
+    checkpoint_paths(tmp_path / "ckpt", required(2)[-1])[0].unlink()   # a .pt gone: run 1 no longer complete
+    assert inf.resolve_runs(None, 5, required) == 1
+    ship(*required(7))
+    assert inf.resolve_runs(None, 5, required) == 5                 # never more than the paper's
+    assert inf.resolve_runs(3, 5, required) == 3                    # an explicit n_runs is kept
+    assert _setup(tmp_path, dataset="cifar10", mode="train").resolve_runs(None, 5, required) == 5

@@ -36,7 +36,7 @@ write("notebooks/claim2_pretext.ipynb", [
     params('''
     dataset = "mnist"                # mnist | cifar10 | cifar100
     model = None                     # (no model variants for this page)
-    n_runs = 5                       # runs of 4 models each (the paper: 5)
+    n_runs = None                    # runs of 4 models (the paper: 5); None: 5 when training, the shipped runs in inference
     feature_method = "gradient_shap" # gradient_shap | integrated_gradients | saliency | random
     example_method = "dknn"          # dknn | simplex | tracin | influence_functions
     n_explain = None                 # explained test images (None: the whole test set, as the paper); else class-balanced
@@ -44,6 +44,7 @@ write("notebooks/claim2_pretext.ipynb", [
     batch_size = 256                 # attribution batch size
     ''', COMMON_PARAMS),
     code(setup_cell("pretext") + '''
+n_runs = exp.resolve_runs(n_runs, X.N_RUNS, lambda k: X.required_checkpoints(dataset, None, k))
 X.validate(feature_method, example_method, n_runs, n_explain, n_train)
 n_runs = exp.size(n_runs, 2)'''),
     md("## Data"),

@@ -29,12 +29,14 @@ write("notebooks/claim3_disentanglement.ipynb", [
     model = None              # only one model family here (Burgess VAEs)
     betas = [1, 5, 10]        # β grid (paper: 1, 5, 10)
     losses = ["beta", "tc"]   # "beta": β-VAE; "tc": β-TCVAE
-    n_runs = 5                # runs per (loss, β) (paper: 5)
+    n_runs = None             # runs per (loss, β) (paper: 5); None: 5 when training, the shipped runs in inference
     n_explain = None          # test images explained per model (None: the whole test set, as the paper; dSprites: ~7 GB of maps)
     n_plot = 3                # test images whose per-unit maps are drawn (one per class)
     batch_size = 250          # attribution batch size
     ''', COMMON_PARAMS),
     code(setup_cell("disentanglement") + '''
+n_runs = exp.resolve_runs(n_runs, X.N_RUNS,
+                          lambda k: X.required_checkpoints(dataset, betas=betas, losses=losses, n_runs=k))
 points = X.grid(betas, losses, exp.size(n_runs, min(int(n_runs), 2)))
 print(f"{len(points)} VAEs: {len(set(p.loss for p in points))} losses × {len(set(p.beta for p in points))} β × "
       f"{len(set(p.run for p in points))} runs")

@@ -31,13 +31,14 @@ write("notebooks/encoder_vs_decoder.ipynb", [
     params('''
     dataset = "mnist"                # mnist | cifar10 | cifar100 (uses the Claim 2 pretext checkpoints)
     model = None                     # (no model variants for this page)
-    n_runs = 5                       # runs of the pretext page (FACT: 5 classifiers)
+    n_runs = None                    # runs of the pretext page (FACT: 5 classifiers); None: 5 when training, the shipped runs in inference
     ae_tasks = ["denoising"]         # autoencoders compared on the unsupervised side (reconstruction, denoising, inpainting)
     n_explain = None                 # test images (None: the whole test set, as FACT); else class-balanced
     batch_size = 128                 # attribution batch size (FACT: 128; it matters for the authors' GradientSHAP pairing)
     ''', COMMON_PARAMS),
     code(setup_cell("encoder_vs_decoder") + '''
 from lfxai_utils.experiments import pretext
+n_runs = exp.resolve_runs(n_runs, X.N_RUNS, lambda k: X.required_checkpoints(dataset, None, k, ae_tasks))
 ae_tasks = X.validate(n_runs, n_explain, ae_tasks)
 n_runs = exp.size(n_runs, 2)'''),
     md("## Data"),

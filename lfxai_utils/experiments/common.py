@@ -27,7 +27,7 @@ from torch import nn
 
 from .._utils import atomic_write, resolve_device, seed_everything
 from ..checkpoints import (CheckpointMismatchError, CheckpointNotFoundError, checkpoint_name, load_checkpoint, load_tracin_checkpoints,
-                           read_manifest, save_checkpoint)
+                           checkpoint_paths, read_manifest, save_checkpoint)
 from ..data import DATASETS, DatasetNotFoundError, DatasetSplits, load_dataset
 from ..models import build_model
 from ..report import Verdict, write_csv, write_summary
@@ -304,6 +304,30 @@ class Experiment:
         manifest = read_manifest(self.checkpoint_dir, name)
         self.manifests[name], self.paper_epochs[name] = manifest, spec.n_epochs
         return model.to(self.device).eval(), manifest
+
+    def resolve_runs(self, n_runs: int | None, paper: int, required: Callable[[int], Sequence[str]]) -> int:
+        """``n_runs``, or for ``None`` (the notebooks' default): the paper's ``paper`` runs when training, and in
+        inference mode the runs ``0..k-1`` whose every checkpoint (``required(k)``: the names for ``k`` runs) is in
+        the checkpoint folder, at most ``paper``; ``CheckpointNotFoundError`` naming the train command when not
+        even run 0 is there. So ``papermill notebook.ipynb -p dataset D`` uses whatever is shipped for ``D``."""
+        if n_runs is not None:
+            return n_runs
+        if self.mode != "inference" or self.smoke:
+            return paper
+        def shipped(name: str) -> bool:
+            return all(p.exists() for p in checkpoint_paths(self.checkpoint_dir, name))
+
+        k = 0
+        while k < paper and all(shipped(n) for n in required(k + 1)):
+            k += 1
+        if k == 0:
+            missing = [n for n in required(1) if not shipped(n)]
+            raise CheckpointNotFoundError(
+                f"no complete run of this page's models for {self.label} in {_short(self.checkpoint_dir)} "
+                f"(missing e.g. {missing[0]}); train them: {self.papermill_command('train')}")
+        print(f"n_runs = None: the {k} run(s) whose checkpoints are in {_short(self.checkpoint_dir)} "
+              f"(the paper: {paper}; `-p n_runs N` chooses)")
+        return k
 
     def budget(self, spec: ModelSpec, fit_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`~lfxai_utils.training.fit` this run trains ``spec`` with."""

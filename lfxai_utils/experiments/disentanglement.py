@@ -158,9 +158,11 @@ def data_requirements(dataset: str, model: str | None = None) -> list[tuple[str,
 
 
 def required_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS,
-                         losses: Iterable[str] = LOSSES, n_runs: int = N_RUNS) -> list[str]:
-    """The checkpoints the page loads in inference mode (notebook defaults: 2 losses × 3 β × 5 runs)."""
-    return [checkpoint(dataset, p.loss, p.beta, p.run) for p in grid(betas, losses, n_runs)]
+                         losses: Iterable[str] = LOSSES, n_runs: int | None = N_RUNS) -> list[str]:
+    """The checkpoints the page loads in inference mode (notebook defaults: 2 losses × 3 β × 5 runs; ``n_runs``
+    None: the paper's :data:`N_RUNS`)."""
+    points = grid(betas, losses, N_RUNS if n_runs is None else n_runs)
+    return [checkpoint(dataset, p.loss, p.beta, p.run) for p in points]
 
 
 def vae_spec(dataset: str, loss: str, beta: float) -> ModelSpec:

@@ -92,7 +92,11 @@ def tasks(ae_tasks: Sequence[str] = ("denoising",)) -> list[str]:
     return ["classifier", *ae_tasks]
 
 
-def required_checkpoints(dataset: str, model: str | None = None, n_runs: int = 5,
+#: FACT's runs (the pretext page's 5 classifiers); ``n_runs=None`` means this when training.
+N_RUNS = P.N_RUNS
+
+
+def required_checkpoints(dataset: str, model: str | None = None, n_runs: int | None = N_RUNS,
                          ae_tasks: Sequence[str] = ("denoising",)) -> list[str]:
     """The pretext page's classifiers and (by default) denoising autoencoders, runs 0..n_runs-1."""
     return P.required_checkpoints(dataset, None, n_runs, tasks(ae_tasks))

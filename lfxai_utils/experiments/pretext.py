@@ -53,6 +53,8 @@ ARCHS = {"mnist": ("mnist_ae", "mnist_classifier", 4), "cifar10": ("cifar_ae", "
 N_EPOCHS, BATCH_SIZE, PATIENCE = 100, 300, 10
 #: Runs whose models keep TracIn checkpoints every 10 epochs (the method sweep's TracIn / influence functions).
 TRACIN_RUNS = (0, 1)
+#: Runs of 4 models in the paper (``n_runs=None`` means this when training).
+N_RUNS = 5
 N_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
 #: Run r seeds its models with seed + r + TASK_SEED_STRIDE·k (k = task index; see :func:`model_seed`).
 TASK_SEED_STRIDE = 100
@@ -96,10 +98,10 @@ def checkpoint(dataset: str, task: str, run: int) -> str:
     return checkpoint_name(CLAIM, dataset, model_key(task), run=run)
 
 
-def required_checkpoints(dataset: str, model: str | None = None, n_runs: int = 5,
+def required_checkpoints(dataset: str, model: str | None = None, n_runs: int | None = N_RUNS,
                          tasks: Sequence[str] = TASKS) -> list[str]:
-    """The 4 × ``n_runs`` checkpoints of the page (run-major order)."""
-    return [checkpoint(dataset, t, r) for r in range(n_runs) for t in tasks]
+    """The 4 × ``n_runs`` checkpoints of the page (run-major order; ``None``: the paper's :data:`N_RUNS`)."""
+    return [checkpoint(dataset, t, r) for r in range(N_RUNS if n_runs is None else n_runs) for t in tasks]
 
 
 def n_classes_of(splits) -> int:

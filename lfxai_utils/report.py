@@ -256,9 +256,9 @@ def _render_training_throughput(csv: Path) -> list[str]:
         "images/s": df.images_per_s.map(lambda v: "" if pd.isna(v) else f"{v:,.0f}"),
         "vs eager, 1 thread": df.speedup_vs_eager_1thread.map(lambda v: "" if pd.isna(v) else f"{v:.2f}×"),
         "agrees": [("yes" if a in (True, "True") else "no") + (f" ({d})" if isinstance(d, str) and d else "")
-                   for a, d in zip(df.agrees, df.loss_rel_diff.fillna(""))],
+                   for a, d in zip(df.agrees, df.loss_rel_diff.astype(object).fillna(""))],
     })[["model", "batch", "option", "threads", "processes", "step (ms)", "images/s", "vs eager, 1 thread", "agrees",
-        "notes"]].fillna("")
+        "notes"]].astype(object).fillna("")
     lines += [_md_table(shown), ""]
     adopted = ", ".join(f"`{a}`: {f}" for a, f in sorted(FAST_PATH.items())) or "none"
     one = df[(df.threads == 1) & (df.processes == 1)].set_index(["model", "option"])["step_ms"]

@@ -28,9 +28,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
 
 import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("LFXAI_BOOK_HTML", ROOT / "_build" / "html"))
@@ -247,6 +249,20 @@ def broken_internal_links(links: list[str]) -> list[str]:
     return bad
 
 
+def js_error(method: str | None, params: Mapping[str, Any]) -> str | None:
+    """The JavaScript error an event reports (uncaught exception, console.error/assert, browser log error), or
+    None when the event is not one."""
+    if method == "Runtime.exceptionThrown":
+        d = params.get("exceptionDetails", {})
+        return f"uncaught: {d.get('exception', {}).get('description') or d.get('text')}"
+    if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        return "console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+    if method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+        e = params["entry"]
+        return f"browser: {e.get('text')} {e.get('url', '')}".strip()
+    return None
+
+
 def _event_problems(events: list[dict], session: str) -> tuple[list[str], list[str]]:
     """(JavaScript errors, network problems) among the events of one page load."""
     js, net, urls = [], [], {}
@@ -254,14 +270,9 @@ def _event_problems(events: list[dict], session: str) -> tuple[list[str], list[s
         if ev.get("sessionId") != session:
             continue
         method, p = ev.get("method"), ev.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            d = p.get("exceptionDetails", {})
-            js.append(f"uncaught: {d.get('exception', {}).get('description') or d.get('text')}")
-        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            js.append("console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p["args"]))
-        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-            e = p["entry"]
-            js.append(f"browser: {e.get('text')} {e.get('url', '')}".strip())
+        err = js_error(method, p)
+        if err:
+            js.append(err)
         elif method == "Network.requestWillBeSent":
             url = p.get("request", {}).get("url", "")
             urls[p.get("requestId")] = url

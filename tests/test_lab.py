@@ -35,10 +35,11 @@ from urllib.parse import urlsplit
 import nbformat
 import pytest
 
+
 try:  # pytest puts tests/ on sys.path (rootdir-relative "prepend" import mode)
-    from test_browser import Chromium, _chromium
+    from test_browser import Chromium, _chromium, js_error
 except ImportError:  # pragma: no cover - imported as a package
-    from tests.test_browser import Chromium, _chromium
+    from tests.test_browser import Chromium, _chromium, js_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "_build" / "screenshots"
@@ -193,14 +194,9 @@ def page_problems(events: list[dict], session: str, port: int) -> tuple[list[str
         if ev.get("sessionId") != session:
             continue
         method, p = ev.get("method"), ev.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            d = p.get("exceptionDetails", {})
-            js.append(f"uncaught: {d.get('exception', {}).get('description') or d.get('text')}")
-        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            js.append("console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p["args"]))
-        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-            e = p["entry"]
-            js.append(f"browser: {e.get('text')} {e.get('url', '')}".strip())
+        err = js_error(method, p)
+        if err:
+            js.append(err)
         elif method in ("Network.requestWillBeSent", "Network.webSocketCreated"):
             url = p.get("request", {}).get("url", "") or p.get("url", "")
             parts = urlsplit(url)

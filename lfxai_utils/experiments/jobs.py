@@ -84,18 +84,17 @@ def with_epoch_cap(job: TrainJob, n_epochs: int | None) -> TrainJob:
 
     if n_epochs is None:
         return job
+    cap = int(n_epochs)
     expect = {}
     for name, e in job.expect.items():
-        e = dict(e)
-        paper = int(e.get("n_epochs") or n_epochs)
+        paper = int(e.get("n_epochs") or cap)
+        e = {**e, "n_epochs": cap}
         if e.get("checkpoint_every"):
-            e["checkpoint_every"] = capped_checkpoint_every(e["checkpoint_every"], paper, int(n_epochs))
-        e["n_epochs"] = int(n_epochs)
+            e["checkpoint_every"] = capped_checkpoint_every(e["checkpoint_every"], paper, cap)
         expect[name] = e
-    scale = min(1.0, int(n_epochs) / max(int(max((e.get("n_epochs") or n_epochs) for e in job.expect.values())
-                                             if job.expect else n_epochs), 1))
-    return replace(job, expect=expect, exp_params={**job.exp_params, "n_epochs": int(n_epochs)},
-                   cost_s=job.cost_s * scale)
+    longest = max((int(e.get("n_epochs") or cap) for e in job.expect.values()), default=cap)
+    return replace(job, expect=expect, exp_params={**job.exp_params, "n_epochs": cap},
+                   cost_s=job.cost_s * min(1.0, cap / max(longest, 1)))
 
 
 def page_jobs(pages) -> list[TrainJob]:

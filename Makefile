@@ -17,7 +17,7 @@ help:
 	@echo "make test-fast    the test suite without the slow notebook/browser tests"
 	@echo "make book-list    which pages of the book can run on this machine, and why the others cannot"
 	@echo "make lab          JupyterLab in .venv with the notebooks folder open (LAB_ARGS=\"--port=8899\" etc. are passed on)"
-	@echo "make notebooks    write notebooks/*.ipynb again from their sources tools/nb_*.py"
+	@echo "make notebooks    sync each pair notebooks/X.py (py:percent source) <-> notebooks/X.ipynb (jupytext --sync)"
 	@echo "make bench        benchmarks against the authors' lfxai package"
 	@echo "make if-budget    influence functions at the book's reduced LiSSA budget vs the paper's (Performance page)"
 	@echo "make book-timings a full book build (every page re-executed) that records its times for the Performance page"
@@ -59,17 +59,18 @@ bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps -r bench/requirements.txt
 	$(PY) bench/run_benchmarks.py
 
+# each notebook is a jupytext pair (jupytext.toml): the side edited last updates the other
 notebooks: $(STAMP)
-	cd tools && for f in nb_*.py; do ../$(PY) $$f || exit 1; done
+	$(VENV)/bin/jupytext --sync notebooks/*.ipynb
 
 if-budget: $(STAMP)
 	$(PY) bench/if_budget.py
 
 checkpoints: $(STAMP)
-	$(PY) -m lfxai_utils.experiments.jobs --jobs $(JOBS) $(BOOK_ARGS)
+	$(PY) -m lfxai_utils.book.train --jobs $(JOBS) $(BOOK_ARGS)
 
 checkpoints-list: $(STAMP)
-	$(PY) -m lfxai_utils.experiments.jobs --list $(BOOK_ARGS)
+	$(PY) -m lfxai_utils.book.train --list $(BOOK_ARGS)
 
 bench-train: $(STAMP)
 	$(PY) bench/training_throughput.py

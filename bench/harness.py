@@ -47,7 +47,8 @@ __all__ = [
     "plot_speedups",
 ]
 
-# One row per benchmark in bench/results/benchmarks.csv (report.render_performance reads these names).
+# One row per benchmark in bench/results/benchmarks.csv (lfxai_utils.book.performance.render_performance reads
+# these names).
 CSV_COLUMNS = [
     "benchmark", "workload", "ours_s", "ours_runs", "ours_timing", "authors_s", "authors_runs", "authors_timing",
     "speedup", "speedup_min", "speedup_max", "target", "meets_target", "agreement_metric", "agreement_value",

@@ -10,8 +10,9 @@ subsets as the page, and writes ``bench/results/if_budget.csv``:
   paper's budget (how alike the two rank the training set), and the similarity rates of Claim 1.2 (most / least
   similar 5 % and 10 %), the quantities the page's verdicts use.
 
-The Performance page of the book renders the CSV (``lfxai_utils.report.render_performance``); the Methods page
-points there instead of quoting a number. Run it with ``make if-budget`` (about 10 minutes at 100 × 300 on 2 cores).
+The Performance page of the book renders the CSV (``lfxai_utils.book.performance.render_performance``); the
+Methods page points there instead of quoting a number. Run it with ``make if-budget`` (about 10 minutes at 100 × 300
+on 2 cores).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ COLUMNS = ["budget", "recursion_depth", "hvp_batch", "n_train", "n_test", "secon
 
 def budgets() -> list[tuple[str, int, int]]:
     """(label, recursion depth, HVP minibatch): the paper's, the book's page (from ``CPU_BUDGETS``), depth 0."""
-    from lfxai_utils.experiments import CPU_BUDGETS
+    from lfxai_utils.book.registry import CPU_BUDGETS
     from lfxai_utils.experiments.example_consistency import paper_lissa
 
     depth, batch = paper_lissa("mnist")

@@ -16,8 +16,8 @@ by phase (:func:`harness.extrapolate`); the CSV says so in ``ours_timing`` / ``a
 progress bars are replaced by a silent timer (which only makes their code faster).
 
 Outputs in ``--out`` (default ``bench/results``): ``benchmarks.csv`` (one row per benchmark), ``runs.csv``
-(every timed run), ``machine.txt`` and ``speedups.png``. ``lfxai_utils.report.render_performance`` turns them
-into the book's Performance page.
+(every timed run), ``machine.txt`` and ``speedups.png``. ``lfxai_utils.book.performance.render_performance``
+turns them into the book's Performance page.
 
     .venv/bin/python bench/run_benchmarks.py            # full run (about 20-40 min on 2 idle cores)
     .venv/bin/python bench/run_benchmarks.py --quick    # seconds-to-minutes, tiny sizes, to a temp dir

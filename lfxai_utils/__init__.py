@@ -10,6 +10,8 @@ Submodules (imported lazily so that ``import lfxai_utils`` stays cheap):
 - :mod:`lfxai_utils.metrics`    masks, representation shift, similarity rates, correlations, saliency metrics
 - :mod:`lfxai_utils.models`     every architecture of the paper and its reproductions
 - :mod:`lfxai_utils.training`   one training loop for all models
-- :mod:`lfxai_utils.checkpoints` checkpoint format with JSON manifests, load-or-train
+- :mod:`lfxai_utils.checkpoints` checkpoint format with JSON manifests, verified loading
+- :mod:`lfxai_utils.experiments` one module per claim, each with its :class:`~lfxai_utils.experiments.spec.ClaimSpec`
+- :mod:`lfxai_utils.book`        the book builder (``python -m lfxai_utils.book``) and ``make checkpoints``
 """
 __version__ = "0.1.0"

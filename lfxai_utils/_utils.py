@@ -1,4 +1,4 @@
-"""Small shared helpers: devices, seeding, hashing and atomic writes.
+"""Small shared helpers: devices, seeding, hashing, atomic writes, Markdown escaping and repo-relative paths.
 
 Everything in :mod:`lfxai_utils` that writes a file goes through :func:`atomic_write`
 so that an interrupted run never leaves a half-written checkpoint, cache or CSV behind.
@@ -17,12 +17,29 @@ import numpy as np
 import torch
 
 PathLike = Union[str, os.PathLike]
+#: the repository root (this file is ``<root>/lfxai_utils/_utils.py``)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: the verdicts a claim's check can reach (``report.Verdict``; counted on the book's pages by ``book``)
 VERDICTS = ("holds", "does not hold", "inconclusive")
 #: first word of the last row of ``bench/results/book_timings.csv``: the whole build's wall time
-#: (written by :func:`lfxai_utils.book.write_timings`, read by :func:`lfxai_utils.report.render_performance`)
+#: (written by :func:`lfxai_utils.book.performance.write_timings`, read by
+#: :func:`lfxai_utils.book.performance.render_performance`)
 TIMINGS_TOTAL = "total"
+
+
+def md_escape(text: object) -> str:
+    """``text`` as one Markdown table cell: ``|`` escaped, newlines as spaces."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def display_path(path: PathLike, root: PathLike = REPO_ROOT) -> str:
+    """``path`` relative to ``root`` (the repository) when inside it, else as given: pages and messages should not
+    show this machine's folders."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:

@@ -7,6 +7,8 @@
   and ``mathjax_path`` points at it, instead of Sphinx's default CDN URL.
 * ipywidgets' JavaScript (require.js and the widget manager, loaded from a CDN by myst-nb) is switched off: the book's
   notebooks emit no widgets (``LFXAI_NO_PROGRESS=1`` during the book's execution).
+* The API page (Sphinx autodoc, napoleon): a data, attribute or property docstring (e.g. a ``#:`` comment) is
+  read as prose, not as napoleon's ``type: description`` (ours say ``What it is: ...``).
 * Two JavaScript errors of Jupyter Book 1's stock pages are removed: sphinx-thebe's configuration script is included
   twice on notebook pages (``Identifier 'THEBE_JS_URL' has already been declared``; the book has no Thebe/Binder
   buttons, so its scripts are dropped), and pydata-sphinx-theme logs ``Got invalid theme mode`` unless a default
@@ -108,7 +110,25 @@ def _page_context(app, pagename, templatename, context, doctree) -> None:
         context["script_files"] = [f for f in files if not _is_thebe(f) and (has_plotly or not _is_plotly(f))]
 
 
+_DATA_DOCS: dict[str, list[str]] = {}
+
+
+def _keep_data_docstring(app, what, name, obj, options, lines) -> None:
+    """Before napoleon: remember a data, attribute or property docstring as written."""
+    if what in ("data", "attribute", "property"):
+        _DATA_DOCS[name] = list(lines)
+
+
+def _restore_data_docstring(app, what, name, obj, options, lines) -> None:
+    """After napoleon: put it back (napoleon reads its first line as ``type: description``)."""
+    if what in ("data", "attribute", "property") and name in _DATA_DOCS:
+        lines[:] = _DATA_DOCS.pop(name)
+
+
 def setup(app):
     app.connect("config-inited", _config_inited)
+    app.setup_extension("sphinx.ext.autodoc")      # (listed after this extension in _config.yml)
+    app.connect("autodoc-process-docstring", _keep_data_docstring, priority=400)      # napoleon's runs at 500
+    app.connect("autodoc-process-docstring", _restore_data_docstring, priority=600)
     app.connect("html-page-context", _page_context, priority=900)   # after sphinx-thebe/myst-nb added theirs
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}

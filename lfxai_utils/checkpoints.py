@@ -8,10 +8,11 @@
   manifests and listed in the main manifest.
 * :func:`load_checkpoint` verifies the manifest against what the caller expects, the file against its
   sha256, rebuilds the model and loads the weights with ``weights_only=True`` and ``strict=True``.
-* :func:`load_or_train` loads when a matching checkpoint exists, otherwise trains (only if allowed) and saves.
+* Loading else training is :meth:`lfxai_utils.experiments.common.Experiment.get_model` (inference mode: load,
+  never train; train mode: train and save, or reuse a current checkpoint).
 
 Naming scheme: :func:`checkpoint_name` (documented in ``checkpoints/README.md``, whose table
-``python -m lfxai_utils.checkpoints [directory]`` regenerates).
+``python -m lfxai_utils.checkpoints [directory]`` regenerates, with the book pages that load each checkpoint).
 """
 from __future__ import annotations
 
@@ -20,16 +21,15 @@ import json
 import platform
 import re
 import sys
-import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import __version__
-from ._utils import PathLike, atomic_torch_save, atomic_write, seed_everything, sha256_file
+from ._utils import PathLike, atomic_torch_save, atomic_write, sha256_file
 from .models.registry import build_model, normalize_arch_kwargs
 from .training import TrainResult
 
@@ -158,15 +158,19 @@ def save_checkpoint(model: nn.Module, directory: PathLike, name: str, *, setting
                     data_info: Mapping[str, Any], train_result: TrainResult | None = None) -> Path:
     """Save ``model`` as ``<directory>/<name>.pt`` + ``<name>.json``; return the ``.pt`` path.
 
+    The main manifest is written last, so a checkpoint whose save was interrupted is never listed as complete.
+
     Parameters
     ----------
-    model: built with :func:`~lfxai_utils.models.build_model` (it carries ``arch``/``arch_kwargs``).
-    settings: what the caller wants checked on reload (pretext, loss, β, epochs, batch size, lr, seed, …).
-    data_info: training data description (dataset, split, files with sha256, …).
-    train_result: the :class:`~lfxai_utils.training.TrainResult`; its TracIn checkpoints are saved as
+    model
+        built with :func:`~lfxai_utils.models.build_model` (it carries ``arch``/``arch_kwargs``).
+    settings
+        what the caller wants checked on reload (pretext, loss, β, epochs, batch size, lr, seed, …).
+    data_info
+        training data description (dataset, split, files with sha256, …).
+    train_result
+        the :class:`~lfxai_utils.training.TrainResult`; its TracIn checkpoints are saved as
         ``<name>_epoch{k}`` (own manifests, listed under ``tracin_checkpoints`` in the main manifest).
-
-    The main manifest is written last, so a checkpoint whose save was interrupted is never listed as complete.
     """
     arch, arch_kwargs = _arch_of(model)
     directory = Path(directory)
@@ -288,7 +292,7 @@ def _check_manifest(manifest: Mapping[str, Any], where: Path, expected_arch: str
     if lines:
         raise CheckpointMismatchError(
             f"checkpoint {where} is not the requested model; differing keys:\n" + "\n".join(lines)
-            + "\nRequest the checkpoint's values, or retrain it with the new ones (allow_train=True).")
+            + "\nRequest the checkpoint's values, or retrain it with the new ones (the notebook's train mode).")
 
 
 def load_checkpoint(directory: PathLike, name: str, *, expected_arch: str | None = None,
@@ -302,9 +306,12 @@ def load_checkpoint(directory: PathLike, name: str, *, expected_arch: str | None
 
     Raises
     ------
-    CheckpointNotFoundError: no such checkpoint (the message contains ``train_hint``).
-    CheckpointIntegrityError: manifest unreadable, file missing, sha256 mismatch, unreadable weights.
-    CheckpointMismatchError: manifest differs from the expectations (readable diff), or the weights do not
+    CheckpointNotFoundError
+        no such checkpoint (the message contains ``train_hint``).
+    CheckpointIntegrityError
+        manifest unreadable, file missing, sha256 mismatch, unreadable weights.
+    CheckpointMismatchError
+        manifest differs from the expectations (readable diff), or the weights do not
         fit the manifest's architecture (counts of missing/unexpected keys).
     """
     manifest = read_manifest(directory, name, train_hint=train_hint)
@@ -334,72 +341,14 @@ def load_tracin_checkpoints(directory: PathLike, name: str, *, map_location: Any
     return states
 
 
-def load_or_train(directory: PathLike, name: str, build: Callable[[], nn.Module],
-                  train: Callable[[nn.Module], TrainResult | None], *, allow_train: bool,
-                  settings: Mapping[str, Any], data_info: Mapping[str, Any], train_hint: str,
-                  seed: int | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], bool]:
-    """Load checkpoint ``name`` if it matches ``build()`` and ``settings``; otherwise train and save it.
-
-    Parameters
-    ----------
-    build: returns a fresh model from :func:`~lfxai_utils.models.build_model` (its ``arch_kwargs`` are
-        what the checkpoint must match).  Called after seeding with ``seed`` when given.
-    train: trains the model in place and returns the :class:`~lfxai_utils.training.TrainResult`.
-    allow_train: if False (inference mode) a missing checkpoint raises :class:`CheckpointNotFoundError`
-        (with ``train_hint``, e.g. the papermill command that trains it) and a corrupt or mismatching one
-        raises its error; if True such a checkpoint is retrained and overwritten (with a warning).
-    device: where the returned model lives.
-
-    Returns
-    -------
-    ``(model in eval mode, manifest, trained)``.
-    """
-    if seed is not None:
-        seed_everything(seed)
-    model = build()
-    arch, arch_kwargs = _arch_of(model)
-    pt, js = checkpoint_paths(directory, name)
-    if pt.exists() or js.exists():
-        try:
-            manifest = read_manifest(directory, name, train_hint=train_hint)
-            _check_manifest(manifest, js, arch, arch_kwargs, settings)
-            _load_weights(model, _verified_state(directory, name, manifest, "cpu"), pt)
-            return model.to(device).eval(), manifest, False
-        except (CheckpointIntegrityError, CheckpointMismatchError) as err:
-            if not allow_train:
-                raise
-            # the failed load left ``model`` untouched (errors are raised before any weight is copied)
-            warnings.warn(f"{err}\n-> retraining and overwriting checkpoint {name!r}", stacklevel=2)
-    elif not allow_train:
-        raise _not_found(pt, train_hint)
-    result = train(model)
-    save_checkpoint(model, directory, name, settings=settings, data_info=data_info, train_result=result)
-    return model.to(device).eval(), read_manifest(directory, name), True
-
-
 # ------------------------------------------------------------------------------------------ listing
-def checkpoint_users() -> dict[str, list[str]]:
-    """Checkpoint name -> the book pages (``notebook (dataset)``) that load it in inference mode."""
-    from .experiments import BOOK_CHAPTERS, required_checkpoints
-
-    users: dict[str, list[str]] = {}
-    for chapter in BOOK_CHAPTERS:
-        for page in chapter.pages:
-            try:
-                names = required_checkpoints(page.notebook, page.dataset, page.model, page.params)
-            except ImportError:   # a chapter whose module does not exist yet
-                continue
-            for name in names:
-                users.setdefault(name, []).append(f"{page.notebook} ({page.key.split('__', 1)[1]})")
-    return users
-
-
 def checkpoint_table(directory: PathLike = DEFAULT_DIR, used_by: Mapping[str, Sequence[str]] | None = None) -> str:
     """Markdown table of the model checkpoints (not the TracIn ones) found in ``directory``.
 
-    ``used_by`` maps names to the pages that load them (default: :func:`checkpoint_users`).
+    ``used_by`` maps names to the pages that load them (:func:`lfxai_utils.book.registry.checkpoint_users`); a
+    checkpoint it does not name, or every one without it, is used by "—".
     """
-    used_by = checkpoint_users() if used_by is None else used_by
+    used_by = used_by or {}
     rows = ["| name | arch | arch_kwargs | data | n_train / n_val | epochs (best) | best val loss | TracIn | size | sha256 "
             "| used by |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -422,8 +371,10 @@ def checkpoint_table(directory: PathLike = DEFAULT_DIR, used_by: Mapping[str, Se
     return "\n".join(rows) + "\n"
 
 
-def update_readme(directory: PathLike = DEFAULT_DIR, readme: PathLike | None = None) -> Path:
-    """Rewrite the table between the ``checkpoint-table`` markers of ``<directory>/README.md``."""
+def update_readme(directory: PathLike = DEFAULT_DIR, readme: PathLike | None = None,
+                  used_by: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """Rewrite the table between the ``checkpoint-table`` markers of ``<directory>/README.md`` (``used_by``: as
+    :func:`checkpoint_table`)."""
     path = Path(readme) if readme is not None else Path(directory) / "README.md"
     text = path.read_text()
     if _TABLE_START not in text or _TABLE_END not in text:
@@ -431,9 +382,12 @@ def update_readme(directory: PathLike = DEFAULT_DIR, readme: PathLike | None = N
     head, rest = text.split(_TABLE_START, 1)
     _, tail = rest.split(_TABLE_END, 1)
     with atomic_write(path, "w") as f:
-        f.write(f"{head}{_TABLE_START}\n{checkpoint_table(directory)}{_TABLE_END}{tail}")
+        f.write(f"{head}{_TABLE_START}\n{checkpoint_table(directory, used_by)}{_TABLE_END}{tail}")
     return path
 
 
 if __name__ == "__main__":  # python -m lfxai_utils.checkpoints [directory]
-    print(update_readme(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_DIR))
+    # the command line only: which pages use each checkpoint is the book's knowledge (the library never asks it)
+    from .book.registry import checkpoint_users
+
+    print(update_readme(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_DIR, used_by=checkpoint_users()))

@@ -14,7 +14,7 @@ then ``<repo>/data``, each in the canonical on-disk layout (``data/README.md``):
     dsprites/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz
 
 If no folder holds the dataset and ``download=True``, it is downloaded with
-:mod:`torchvision.datasets.utils` into ``data_dir`` when given, else into ``<repo>/data``.
+``torchvision.datasets.utils`` into ``data_dir`` when given, else into ``<repo>/data``.
 
 Checksums. Every file is verified *before* it is parsed, and a mismatch raises :class:`ChecksumError`:
 
@@ -52,6 +52,7 @@ __all__ = [
     "verify_file", "DatasetNotFoundError", "ChecksumError", "KNOWN_CHECKSUMS", "TRUST_FILE", "TOFU_FILE",
 ]
 
+#: The datasets :func:`load_dataset` knows.
 DATASETS: tuple[str, ...] = ("mnist", "cifar10", "cifar100", "ecg5000", "dsprites")
 ECG_MODES: tuple[str, ...] = ("features", "examples")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ _ECG_ROUNDED = ("offline-mirror sha256: all 4,500 ECG5000 test rows in official 
                 "rounded to 5 significant digits (not the official file)")
 #: the offline mirror's ECG5000 test split: a clearly named variant of ECG5000_TEST.txt (values rounded)
 ECG_TEST_ROUNDED = "ECG5000/ECG5000_TEST_5sigfig.txt"
-# relpath -> ((algorithm, hexdigest, provenance), ...); a file passes if it matches any entry.
+#: relpath -> ((algorithm, hexdigest, provenance), ...); a file passes if it matches any entry.
 KNOWN_CHECKSUMS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "MNIST/raw/train-images-idx3-ubyte.gz": (
         ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873", _PUB),
@@ -156,11 +157,15 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     Attributes
     ----------
-    data : uint8 images ``(N, C, H, W)`` or float32 series ``(N, 140, 1)``.
-    targets : int64 labels ``(N,)``.
-    scale : multiplier applied after the float conversion (``1/255`` for 8-bit images, ``1.0`` for the
+    data
+        uint8 images ``(N, C, H, W)`` or float32 series ``(N, 140, 1)``.
+    targets
+        int64 labels ``(N,)``.
+    scale
+        multiplier applied after the float conversion (``1/255`` for 8-bit images, ``1.0`` for the
         {0, 1} dSprites images, ``None`` for float data).
-    extras : per-example side information, indexed like ``data`` (e.g. dSprites latents, ECG UCR labels).
+    extras
+        per-example side information, indexed like ``data`` (e.g. dSprites latents, ECG UCR labels).
     """
 
     data: torch.Tensor
@@ -657,33 +662,44 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, downlo
 
     Parameters
     ----------
-    name : one of :data:`DATASETS` (case-insensitive).
-    data_dir : folder searched first (then ``$LFXAI_DATA_DIR``, then ``<repo>/data``); also the download
+    name
+        one of :data:`DATASETS` (case-insensitive).
+    data_dir
+        folder searched first (then ``$LFXAI_DATA_DIR``, then ``<repo>/data``); also the download
         target when given (else ``<repo>/data``).
-    download : download when no searched folder holds the files. Files with no published checksum
+    download
+        download when no searched folder holds the files. Files with no published checksum
         (ECG5000) get their sha256 recorded in ``<root>/SHA256SUMS`` with a warning, and later loads are
         verified against it.
-    image_size : images only; resize once at load with bilinear antialiased interpolation (as torchvision's
+    image_size
+        images only; resize once at load with bilinear antialiased interpolation (as torchvision's
         ``Resize`` on a tensor), e.g. 32 for the MNIST VAEs. Default: native size (28, 32, 32, 64).
-    ecg_mode : ``"features"``: train = all normal beats (class 1), test = all abnormal beats; ``info`` holds
+    ecg_mode
+        ``"features"``: train = all normal beats (class 1), test = all abnormal beats; ``info`` holds
         ``baseline`` (mean normal beat, (140, 1)) and the 80/20 ``train_indices``/``val_indices`` into the
         train set. ``"examples"``: all series, labels 0 normal / 1 abnormal, random 80/20 train/test split.
         Labels are binary in both modes; ``extras["ucr_label"]`` keeps the UCR class 1-5.
-    split_seed : seed of the random splits (ECG, dSprites 90/10), as ``torch.utils.data.random_split``.
-    progress : show a progress bar while decoding.
+    split_seed
+        seed of the random splits (ECG, dSprites 90/10), as ``torch.utils.data.random_split``.
+    progress
+        show a progress bar while decoding.
 
     Returns
     -------
-    DatasetSplits with ``info`` keys: name, root, files (path, size, sha256, verified_by), n_train, n_test,
-    split_seed, notes, plus dataset-specific ones. Images are uint8 in memory (``x`` floats in [0, 1] on
-    access), series float32 ``(N, 140, 1)``; labels int64 (dSprites: shape class 0/1/2, latents in extras).
+    DatasetSplits
+        with ``info`` keys: name, root, files (path, size, sha256, verified_by), n_train, n_test,
+        split_seed, notes, plus dataset-specific ones. Images are uint8 in memory (``x`` floats in [0, 1] on
+        access), series float32 ``(N, 140, 1)``; labels int64 (dSprites: shape class 0/1/2, latents in extras).
 
     Raises
     ------
-    ValueError : unknown name / ecg_mode / image_size.
-    DatasetNotFoundError : the files are nowhere and download is off or failed (message lists every
+    ValueError
+        unknown name / ecg_mode / image_size.
+    DatasetNotFoundError
+        the files are nowhere and download is off or failed (message lists every
         searched folder, the URL and the exact paths to place by hand).
-    ChecksumError : a file does not match its expected checksum; it is never parsed.
+    ChecksumError
+        a file does not match its expected checksum; it is never parsed.
     """
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
@@ -738,16 +754,22 @@ def class_balanced_indices(labels: torch.Tensor | Sequence[int], n: int, n_class
 
     Parameters
     ----------
-    labels : int labels ``(N,)`` in ``0..C-1``.
-    n : subset size. n_classes : C (default ``labels.max() + 1``).
+    labels
+        int labels ``(N,)`` in ``0..C-1``.
+    n
+        subset size.
+    n_classes
+        C (default ``labels.max() + 1``).
 
     Returns
     -------
-    int64 tensor ``(n,)`` of positions into ``labels`` (in the rule's order).
+    Tensor
+        int64 ``(n,)``: positions into ``labels`` (in the rule's order).
 
     Raises
     ------
-    ValueError if some class has fewer examples than the rule needs.
+    ValueError
+        if some class has fewer examples than the rule needs.
     """
     labels = torch.as_tensor(labels).reshape(-1).long()
     C = int(n_classes) if n_classes is not None else int(labels.max()) + 1

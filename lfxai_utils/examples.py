@@ -51,6 +51,7 @@ __all__ = [
     "example_importance",
 ]
 
+#: The label-free example-importance methods of :func:`example_importance`.
 EXAMPLE_METHODS: tuple[str, ...] = ("influence_functions", "tracin", "simplex", "dknn", "cosine_nn")
 LOSS_KINDS: tuple[str, ...] = ("mse", "l1")
 _GRAD_MODES = ("auto", "vmap", "loop")

@@ -256,28 +256,36 @@ def label_free_attribution(
 
     Parameters
     ----------
-    encoder : the black box ``f`` (any output shape; flattened per example). Its train/eval modes are
+    encoder
+        the black box ``f`` (any output shape; flattened per example). Its train/eval modes are
         restored on exit (cuDNN RNNs are switched to train mode during the call on CUDA only).
-    inputs : batch ``(B, ...)`` on the encoder's device.
-    method : one of ``FEATURE_METHODS`` or a captum ``Attribution`` subclass (built as ``cls(forward_func)``).
+    inputs
+        batch ``(B, ...)`` on the encoder's device.
+    method
+        one of ``FEATURE_METHODS`` or a captum ``Attribution`` subclass (built as ``cls(forward_func)``).
         Defaults are captum's: IG ``n_steps=50`` Gauss-Legendre; GradientShap ``n_samples=5, stdevs=0``;
         Saliency ``abs=True`` and no baseline. "random" returns N(0, 1) scores drawn from ``generator``.
-    baseline : ``None`` (zeros), a tensor/number broadcast to one example, a tensor with one baseline
+    baseline
+        ``None`` (zeros), a tensor/number broadcast to one example, a tensor with one baseline
         per input, or a callable applied to the batch (per-input baseline, e.g. a GaussianBlur). For
         "gradient_shap" a per-input baseline is paired with its own input; a single baseline is captum's
         one-point baseline distribution. Pass ``captum.attr.GradientShap`` itself for captum's semantics.
-    pairing : ``"correct"`` (``f(x)`` through ``additional_forward_args``) or ``"as_published"``
+    pairing
+        ``"correct"`` (``f(x)`` through ``additional_forward_args``) or ``"as_published"``
         (lfxai 0.1.1: stored ``f(x)`` tiled in block order; wrong for GradientShap on purpose).
-    generator : makes random methods reproducible. captum samples from the global torch/NumPy RNGs;
+    generator
+        makes random methods reproducible. captum samples from the global torch/NumPy RNGs;
         they are seeded from one draw of ``generator`` and restored afterwards.
-    **method_kwargs : passed to ``attribute`` (e.g. ``n_steps``, ``n_samples``, ``stdevs``, ``abs``).
+    **method_kwargs
+        passed to ``attribute`` (e.g. ``n_steps``, ``n_samples``, ``stdevs``, ``abs``).
         ``internal_batch_size`` is passed to methods that take it; for the others the batch is split
         into chunks of ``internal_batch_size // n_samples`` (GradientShap) examples. Without it, on the
         CPU, IG and Saliency split the batch into chunks of ``CPU_PROBES_PER_PASS`` probes (same result, faster).
 
     Returns
     -------
-    Tensor of the shape of ``inputs``, detached.
+    Tensor
+        of the shape of ``inputs``, detached.
     """
     if pairing not in PAIRINGS:
         raise ValueError(f"unknown pairing {pairing!r}; valid values: {PAIRINGS}")
@@ -319,10 +327,11 @@ def per_unit_attribution(
 
     Returns
     -------
-    images ``(N, C, H, W)`` -> ``(N, d, H, W)`` (signed channel mean first, as FACT, when
-    ``reduce_channels``; else ``(N, d, C, H, W)``); series ``(N, T, F)`` -> ``(N, d, T)`` (else
-    ``(N, d, T, F)``); vectors ``(N, D)`` -> ``(N, d, D)``. ``absolute=False`` keeps the sign, so that
-    ``sum_j`` of the unit maps equals the label-free map for methods linear in the function (IG, gradients).
+    Tensor
+        images ``(N, C, H, W)`` -> ``(N, d, H, W)`` (signed channel mean first, as FACT, when
+        ``reduce_channels``; else ``(N, d, C, H, W)``); series ``(N, T, F)`` -> ``(N, d, T)`` (else
+        ``(N, d, T, F)``); vectors ``(N, D)`` -> ``(N, d, D)``. ``absolute=False`` keeps the sign, so that
+        ``sum_j`` of the unit maps equals the label-free map for methods linear in the function (IG, gradients).
     """
     kw = dict(method_kwargs)
     chunk = _split_internal_batch(method, kw, inputs.device)
@@ -435,7 +444,8 @@ def attribute_dataset(
 
     Returns
     -------
-    CPU tensor ``(N, ...)`` of the shape of the inputs.
+    Tensor
+        on the CPU, ``(N, ...)`` of the shape of the inputs.
     """
     return _map_batches(lambda x, b: label_free_attribution(encoder, x, method, b, **kw), encoder, data, baseline,
                         batch_size, device, progress, f"label-free {method if isinstance(method, str) else method.__name__}")

@@ -147,17 +147,23 @@ def write_fixture(name: str, root: str | Path, *, n_train: int = 64, n_test: int
 
     Parameters
     ----------
-    name : one of :data:`lfxai_utils.data.DATASETS`.
-    root : data root (created if needed); afterwards ``load_dataset(name, data_dir=root)`` works.
-    n_train, n_test : sizes of the official train/test files. CIFAR-100 raises both to at least 100 so that
+    name
+        one of :data:`lfxai_utils.data.DATASETS`.
+    root
+        data root (created if needed); afterwards ``load_dataset(name, data_dir=root)`` works.
+    n_train, n_test
+        sizes of the official train/test files. CIFAR-100 raises both to at least 100 so that
         every class is present. dSprites writes a single file of ``n_train + n_test`` images (the loader
         re-splits it 90/10). ECG needs at least 5 per file (class counts: :func:`ecg_label_counts`).
-    seed : seed of the generator (same seed -> identical files).
-    ecg_formats : which of ``"txt"``, ``"ts"``, ``"arff"`` to write for ECG5000 (each holds the same values).
+    seed
+        seed of the generator (same seed -> identical files).
+    ecg_formats
+        which of ``"txt"``, ``"ts"``, ``"arff"`` to write for ECG5000 (each holds the same values).
 
     Returns
     -------
-    Path : ``root``. Its ``LFXAI_CHECKSUMS.json`` lists the sha256 of every file written.
+    Path
+        ``root``. Its ``LFXAI_CHECKSUMS.json`` lists the sha256 of every file written.
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")

@@ -97,17 +97,23 @@ def representation_shift(
 ) -> pd.DataFrame:
     """Representation shift ``||f(x) - f(x_masked)||^2`` after masking the top-k features of each example.
 
+    The encoder is used in its current mode, moved to ``device`` and back.
+
     Parameters
     ----------
-    x : inputs ``(N, ...)``; scores : ``(N, D)`` feature scores (attributions of the shape of ``x`` are
-        converted with :func:`feature_scores`); baseline : see :func:`apply_mask` (a tensor with one row
-        per example is sliced per batch).
-    include_zero : add the ``fraction = 0`` rows with shift exactly 0 (as ORIG's plots do).
-    The encoder is used in its current mode, moved to ``device`` and back.
+    x
+        inputs ``(N, ...)``.
+    scores
+        ``(N, D)`` feature scores (attributions of the shape of ``x`` are converted with :func:`feature_scores`).
+    baseline
+        see :func:`apply_mask` (a tensor with one row per example is sliced per batch).
+    include_zero
+        add the ``fraction = 0`` rows with shift exactly 0 (as ORIG's plots do).
 
     Returns
     -------
-    DataFrame with columns ``fraction, k, example, shift`` (one row per fraction and example).
+    DataFrame
+        with columns ``fraction, k, example, shift`` (one row per fraction and example).
     """
     scores = torch.as_tensor(scores)
     if scores.shape == x.shape and x.dim() > 2:

@@ -1,32 +1,34 @@
 """Every notebook parameter's type and valid range, checked in one place before a notebook does any work.
 
-Each notebook's set-up cell (written by ``tools/nbwrite.py``'s ``setup_cell``) calls :func:`check` with its
-namespace right after papermill's injected parameters and before :func:`lfxai_utils.experiments.common.setup`
-creates a folder or loads a byte of data. A bad value raises ``ValueError`` naming the parameter, the value and what
-is allowed (every bad parameter at once, one line each)::
+Each notebook's set-up cell calls :func:`lfxai_utils.experiments.common.setup_notebook`, which calls :func:`check`
+with the notebook's namespace right after papermill's injected parameters and before
+:func:`lfxai_utils.experiments.common.setup` creates a folder or loads a byte of data. A bad value raises
+``ValueError`` naming the parameter, the value and what is allowed (every bad parameter at once, one line each)::
 
     ValueError: bad parameter(s) of claim1_feature_consistency:
       n_explain = -5 is not allowed (out of range): must be None or an integer >= 1 (test examples explained; None:
       the whole test set)
 
 The schema is one table per notebook (:func:`schema`): the shared entries of the parameters every notebook has
-(``COMMON_PARAMS`` in ``tools/nbwrite.py``: mode, smoke, seed, device, folders, ...) plus the notebook's own.
-``tests/test_params.py`` fails when a notebook's ``parameters`` cell has a parameter without an entry here, so a
-parameter added later cannot skip the check. The claim modules' own ``validate`` functions still run afterwards (for
-checks that need the data, e.g. a unit index below the model's latent dimension).
+(``COMMON_NAMES``, which close every notebook's parameters cell: mode, smoke, seed, device, folders, ...) plus
+the notebook's own. ``tests/test_params.py`` fails when a notebook's ``parameters`` cell has a parameter without an
+entry here, so a parameter added later cannot skip the check. The claim modules' own ``validate`` functions still run
+afterwards (for checks that need the data, e.g. a unit index below the model's latent dimension).
 """
 from __future__ import annotations
 
 import ast
+import json
 import math
 import numbers
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 __all__ = ["Spec", "Int", "Real", "Bool", "Choice", "Names", "Numbers", "Folder", "Device", "fraction", "schema",
-           "notebooks", "check", "check_values", "check_common", "COMMON_NAMES"]
+           "notebooks", "check", "check_values", "check_common", "COMMON_NAMES", "papermill_command"]
 
 
 def _is_int(v: Any) -> bool:
@@ -53,7 +55,7 @@ def _bound(low: float | None, high: float | None, low_open: bool, high_open: boo
 
 @dataclass(frozen=True)
 class Spec:
-    """One parameter's rule: ``allowed`` says it in words; :meth:`problem` returns None or why a value is bad."""
+    """One parameter's rule: ``allowed`` says it in words; ``problem(value)`` returns None or why a value is bad."""
 
     doc: str = ""
     none: bool = False          # None is a valid value (e.g. "the whole test set")
@@ -249,9 +251,10 @@ class Device(Spec):
 
 
 # ------------------------------------------------------------------------------------------------ the tables
-#: The parameters every notebook has (``COMMON_PARAMS`` of ``tools/nbwrite.py``; a test keeps the two in step).
+#: The parameters every notebook has (the last lines of each ``parameters`` cell of ``notebooks/*.py``; a test
+#: keeps them in step).
 def _common() -> dict[str, Spec]:
-    from .experiments.common import MODES
+    from .labels import MODES
 
     return {
         "mode": Choice(values=tuple(MODES), doc="inference: the shipped checkpoints; train: train every model"),
@@ -266,12 +269,13 @@ def _common() -> dict[str, Spec]:
     }
 
 
+#: The parameters every notebook has, in the order of its parameters cell.
 COMMON_NAMES = ("mode", "smoke", "seed", "device", "data_dir", "output_dir", "checkpoint_dir", "reuse_checkpoints",
                 "n_epochs")
 
 
 def _own(notebook: str) -> dict[str, Spec]:
-    """The notebook's own parameters (those before ``COMMON_PARAMS`` in its parameters cell)."""
+    """The notebook's own parameters (those before the common ones in its parameters cell)."""
     import importlib
 
     from .experiments import _MODULES
@@ -338,7 +342,7 @@ def schema(notebook: str) -> dict[str, Spec]:
 
 
 def notebooks() -> list[str]:
-    """Every notebook stem the schema knows (those of :data:`lfxai_utils.experiments._MODULES`)."""
+    """Every notebook stem the schema knows (those of ``lfxai_utils.experiments._MODULES``)."""
     from .experiments import _MODULES
 
     return sorted(_MODULES)
@@ -381,3 +385,29 @@ def check(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
     Returns ``{parameter: value}``; raises ``ValueError`` naming each bad parameter, its value and what is allowed.
     """
     return check_values(schema(notebook), namespace, notebook)
+
+
+# ------------------------------------------------------------------------------------------ command lines
+def _papermill_arg(name: str, value: Any) -> str:
+    """One papermill command-line parameter that round-trips ``value`` with its type (shell-quoted)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, float)):
+        return f"-p {name} {value}"
+    if isinstance(value, str):
+        try:   # papermill would turn "10", "True" or "None" into a number/bool/None: pass it raw
+            json.loads(value.lower() if value in ("True", "False") else value)
+            retyped = True
+        except ValueError:
+            retyped = value == "None"
+        return f"{'-r' if retyped else '-p'} {name} {shlex.quote(value)}"
+    return f"-y {shlex.quote(f'{name}: {json.dumps(value)}')}"
+
+
+def papermill_command(notebook: str, parameters: Mapping[str, Any], out: str = "out.ipynb") -> str:
+    """The shell command that runs ``notebooks/<notebook>.ipynb`` with ``parameters`` (in their order).
+
+    Numbers, booleans and ``None`` go as ``-p``; a string as ``-p``, shell-quoted, or as ``-r`` (raw) where papermill
+    would otherwise read it as a number, boolean or ``None``; lists and dicts as ``-y`` YAML. The notebook receives
+    every value with its type. The book's pages and every error message that says how to run or train a page use it.
+    """
+    args = " ".join(_papermill_arg(k, v) for k, v in parameters.items())
+    return f"papermill notebooks/{notebook}.ipynb {out} {args}"

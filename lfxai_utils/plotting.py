@@ -154,8 +154,8 @@ def heatmap_matrix(mean: np.ndarray, std: np.ndarray | None, labels: Sequence[st
 def attribution_examples(x, attrs: dict, labels: dict | None = None, *, n: int = 6, title: str | None = None):
     """Inputs and their attributions side by side, for images ``(N, C, H, W)`` or series ``(N, T, 1)``.
 
-    Images: one row per method, the input in grey with |attribution| (channel sum) overlaid.  Series: one panel
-    per example, the signal coloured by each method's normalised |attribution|.
+    Images: one row per method, the input in grey with ``|attribution|`` (channel sum) overlaid.  Series: one panel
+    per example, the signal coloured by each method's normalised ``|attribution|``.
     """
     import torch
 

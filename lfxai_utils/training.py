@@ -144,37 +144,53 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
 
     Parameters
     ----------
-    model: any module with ``loss(batch) -> scalar`` (every :mod:`lfxai_utils.models` model).
-    train_data: a Dataset of ``(x, y)`` items or a tuple of tensors.  Datasets with a ``tensors(indices)``
+    model
+        any module with ``loss(batch) -> scalar`` (every :mod:`lfxai_utils.models` model).
+    train_data
+        a Dataset of ``(x, y)`` items or a tuple of tensors.  Datasets with a ``tensors(indices)``
         method (``lfxai_utils.data.ArrayDataset``, also inside a ``Subset``) and TensorDatasets are
         indexed as whole tensors per batch instead of item by item.
-    val_data: validation data; when ``None``, a seeded random ``val_fraction`` of ``train_data`` is held
+    val_data
+        validation data; when ``None``, a seeded random ``val_fraction`` of ``train_data`` is held
         out (ORIG validated on the test set; we do not).  ``val_fraction=0`` trains without validation:
         no early stopping, the final weights are kept.
-    n_epochs, batch_size, lr, weight_decay: as ORIG (Adam, lr 1e-3, weight decay 1e-5).
-    patience: early stopping after ``patience`` epochs without a strictly lower validation loss; the best
+    n_epochs, batch_size, lr, weight_decay
+        as ORIG (Adam, lr 1e-3, weight decay 1e-5).
+    patience
+        early stopping after ``patience`` epochs without a strictly lower validation loss; the best
         weights are restored at the end.  ``None`` disables early stopping (best weights still restored).
-    seed: seeds Python/NumPy/torch (perturbations, reparameterisation), the split and the shuffling.
+    seed
+        seeds Python/NumPy/torch (perturbations, reparameterisation), the split and the shuffling.
         Seed before building the model for a reproducible initialisation.  Same seed → identical weights on CPU.
-    device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, …
-    checkpoint_every: keep CPU copies of the weights after epochs 0, k, 2k, … (TracIn checkpoints).
-    optimizer: ``"adam"``, ``"sgd_nesterov"`` (momentum 0.9; SimCLR) or ``callable(params) -> Optimizer``
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, …
+    checkpoint_every
+        keep CPU copies of the weights after epochs 0, k, 2k, … (TracIn checkpoints).
+    optimizer
+        ``"adam"``, ``"sgd_nesterov"`` (momentum 0.9; SimCLR) or ``callable(params) -> Optimizer``
         (then ``lr``/``weight_decay`` are ignored).
-    scheduler: ``None``, ``"cosine"`` (cosine annealing per batch from ``lr`` to ``lr·1e-3``) or
+    scheduler
+        ``None``, ``"cosine"`` (cosine annealing per batch from ``lr`` to ``lr·1e-3``) or
         ``callable(optimizer, total_steps)``; stepped after every batch.
-    drop_last: drop the last incomplete training batch (SimCLR).
-    progress: show a tqdm epoch bar with the losses.
-    max_train_examples: train on a seeded random subset of at most this many training examples.
-    memory_format: ``"contiguous"``, ``"channels_last"`` (NHWC weights and image batches; same results to float
+    drop_last
+        drop the last incomplete training batch (SimCLR).
+    progress
+        show a tqdm epoch bar with the losses.
+    max_train_examples
+        train on a seeded random subset of at most this many training examples.
+    memory_format
+        ``"contiguous"``, ``"channels_last"`` (NHWC weights and image batches; same results to float
         tolerance) or ``"auto"``: :data:`FAST_PATH` of the model's architecture (else contiguous).
 
     Returns
     -------
-    TrainResult, with the model in eval mode on ``device``.
+    TrainResult
+        with the model in eval mode on ``device``.
 
     Raises
     ------
-    TrainingDivergedError: when a loss is NaN or infinite (names the epoch and batch).
+    TrainingDivergedError
+        when a loss is NaN or infinite (names the epoch and batch).
     """
     if not callable(getattr(model, "loss", None)):
         raise TypeError(f"{type(model).__name__} has no loss(batch) method; build models with "

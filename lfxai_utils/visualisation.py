@@ -58,15 +58,21 @@ def fft_image(shape: Sequence[int], *, sd: float = 0.01, decay_power: float = 1.
 
     Parameters
     ----------
-    shape: ``(K, C, H, W)``.
-    sd: standard deviation of the initial spectrum (real and imaginary parts).
-    decay_power: frequency ``f`` is scaled by ``1 / max(f, 1 / max(H, W)) ** decay_power``.
-    generators: one per image (``K``) for a reproducible initialisation; default the global RNG.
+    shape
+        ``(K, C, H, W)``.
+    sd
+        standard deviation of the initial spectrum (real and imaginary parts).
+    decay_power
+        frequency ``f`` is scaled by ``1 / max(f, 1 / max(H, W)) ** decay_power``.
+    generators
+        one per image (``K``) for a reproducible initialisation; default the global RNG.
 
     Returns
     -------
-    ``(spectrum, image_fn)``: the learnable tensor ``(K, C, H, W//2+1, 2)`` and a function returning the
-    real image ``(K, C, H, W)`` = ``irfftn(scale · spectrum, norm="ortho") / 4``.
+    spectrum : Tensor
+        the learnable tensor ``(K, C, H, W//2+1, 2)``.
+    image_fn : callable
+        returns the real image ``(K, C, H, W)`` = ``irfftn(scale · spectrum, norm="ortho") / 4``.
     """
     k, c, h, w = (int(v) for v in shape)
     freqs = rfft2d_freqs(h, w)
@@ -141,19 +147,28 @@ def maximise_units(encoder: nn.Module, units: Sequence[int], image_shape: Sequen
 
     Parameters
     ----------
-    encoder: maps ``(K, C, H, W)`` to ``(K, d)`` (flattened). Used as given (swap in a LeakyReLU copy with
+    encoder
+        maps ``(K, C, H, W)`` to ``(K, d)`` (flattened). Used as given (swap in a LeakyReLU copy with
         :func:`leaky_encoder` first, as FACT); it is not modified and no gradient is taken for its parameters.
-    units: the units to visualise (indices into the ``d`` outputs), one image each.
-    image_shape: ``(C, H, W)``.
-    n_steps, lr: Adam steps and learning rate (FACT/lucent: 1,000 and 0.05).
-    parameterisation: ``"fft"`` (lucent's spectral parameterisation, default) or ``"pixel"``; then a sigmoid.
-    sd: standard deviation of the initial parameters.
-    seed: unit ``j``'s initialisation comes from ``torch.Generator().manual_seed(seed * 1_000_003 + j)``.
-    device: default the encoder's device.
+    units
+        the units to visualise (indices into the ``d`` outputs), one image each.
+    image_shape
+        ``(C, H, W)``.
+    n_steps, lr
+        Adam steps and learning rate (FACT/lucent: 1,000 and 0.05).
+    parameterisation
+        ``"fft"`` (lucent's spectral parameterisation, default) or ``"pixel"``; then a sigmoid.
+    sd
+        standard deviation of the initial parameters.
+    seed
+        unit ``j``'s initialisation comes from ``torch.Generator().manual_seed(seed * 1_000_003 + j)``.
+    device
+        default the encoder's device.
 
     Returns
     -------
-    :class:`VisualisationResult`.
+    VisualisationResult
+        the images and each unit's activation history.
     """
     if parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"unknown parameterisation {parameterisation!r}; valid: {', '.join(PARAMETERISATIONS)}")

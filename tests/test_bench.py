@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench import harness as H
-from lfxai_utils.report import render_performance
+from lfxai_utils.book.performance import render_performance
 
 
 def fake_clock(times):
@@ -282,7 +282,7 @@ def test_bench_refuses_random_images_unless_asked(tmp_path, monkeypatch):
 
 def test_if_budget_budgets_follow_the_book_and_the_page_renders(tmp_path):
     from bench import if_budget as IB
-    from lfxai_utils.experiments import CPU_BUDGETS
+    from lfxai_utils.book.registry import CPU_BUDGETS
 
     (ref_label, ref_depth, ref_batch), (_, depth, batch), (_, zero, _) = IB.budgets()
     book = CPU_BUDGETS[(IB.NOTEBOOK, "mnist")]
@@ -330,7 +330,7 @@ def test_split_note_describes_the_features_split(monkeypatch):
 
 
 def test_training_throughput_section_reads_the_csv_and_computes_its_statements(tmp_path):
-    from lfxai_utils.report import render_performance
+    from lfxai_utils.book.performance import render_performance
 
     rows = [
         # model, option, threads, processes, step_ms, images_per_s

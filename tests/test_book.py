@@ -1,4 +1,4 @@
-"""The book builder (lfxai_utils.book): TOC, readiness, incremental cache, failures, generated pages.
+"""The book builder (lfxai_utils.book): TOC, readiness, incremental cache, failures, generated pages, claim specs.
 
 Everything runs in a temporary repository layout with a fake page registry and tiny notebooks (no torch in the
 kernel); papermill is faked where the test is about the cache, and real where it is about executing notebooks.
@@ -17,6 +17,7 @@ import yaml
 
 from lfxai_utils import book
 from lfxai_utils.book import Chapter, Layout, Outcome, Page, Registry
+from lfxai_utils.experiments import _MODULES as CLAIM_NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def make_registry(data=None, ckpts=None, chapters=None) -> Registry:
         Chapter("Claim B", "claim_b", "claim_b", (Page("claim_b", "mnist", "B: MNIST", params={"n_explain": 5}),)),
     ]
     return Registry(chapters, lambda nb, ds, m: list(data.get((nb, ds), [])),
-                    lambda nb, ds, m: list(ckpts.get((nb, ds), [])))
+                    lambda nb, ds, m, params: list(ckpts.get((nb, ds), [])))
 
 
 class FakePapermill:
@@ -142,7 +143,8 @@ def test_committed_toc_is_current():
 
 
 def test_every_chapter_has_its_intro_page_and_unique_keys():
-    from lfxai_utils.experiments import BOOK_CHAPTERS, _MODULES
+    from lfxai_utils.book.registry import BOOK_CHAPTERS
+    from lfxai_utils.experiments import _MODULES
 
     keys = [p.key for c in BOOK_CHAPTERS for p in c.pages]
     assert len(keys) == len(set(keys))
@@ -159,6 +161,8 @@ def test_config_is_offline_and_never_executes():
     for pattern in (".venv/**", "data/**", "checkpoints/**", "tests/**", ".*/**"):
         assert pattern in cfg["exclude_patterns"]
     assert cfg["sphinx"]["config"]["nb_ipywidgets_js"] == {}
+    for ext in ("sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.napoleon"):     # the API page
+        assert ext in cfg["sphinx"]["extra_extensions"]
     assert cfg["launch_buttons"]["thebe"] is False
 
 
@@ -306,7 +310,13 @@ def test_code_hash_ignores_the_book_builder(repo):
     layout = Layout(repo)
     h0 = book.code_hash(layout)
     (repo / "lfxai_utils" / "book.py").write_text("# builder\n")
+    (repo / "lfxai_utils" / "book").mkdir()
+    (repo / "lfxai_utils" / "book" / "cli.py").write_text("# the builder's package\n")
     assert book.code_hash(layout) == h0
+    (repo / "lfxai_utils" / "experiments").mkdir()
+    (repo / "lfxai_utils" / "experiments" / "book.py").write_text("# not the builder\n")
+    assert book.code_hash(layout) != h0
+    (repo / "lfxai_utils" / "experiments" / "book.py").unlink()
     (repo / "lfxai_utils" / "core.py").write_text("X = 2\n")
     assert book.code_hash(layout) != h0
 
@@ -492,13 +502,46 @@ def test_only_without_match_is_an_error(repo, capsys):
     assert "no page key contains 'nope'" in capsys.readouterr().err
 
 
-def test_api_page_shows_signatures_and_docstrings_verbatim():
+def test_api_page_is_autodoc_of_each_module():
+    """The API page holds Sphinx autodoc directives (rendered, with the docstrings, when the HTML is built)."""
     text = book.render_api(("report",), claim_modules=False)
     assert text.startswith("# API reference\n")
-    assert "## Verdicts and reports" in text and "### `write_summary`" in text
-    assert "```python\ndef write_summary(verdicts: Sequence[Verdict], output_dir: str | Path) -> pd.DataFrame\n```" \
-        in text
-    assert book._fence("a ```b``` c", "text") == "````text\na ```b``` c\n````"
+    assert "## Verdicts and reports" in text
+    block = text.split("```{eval-rst}\n", 1)[1].split("\n```\n", 1)[0]
+    assert block.startswith(".. automodule:: lfxai_utils.report\n")
+    assert ".. autosummary::\n   :nosignatures:\n" in block and "\n   write_summary\n" in block
+    assert ".. autofunction:: write_summary\n" in block
+    assert ".. autoclass:: Verdict\n   :members:\n" in block
+    assert block.index("   Verdict\n") < block.index("   write_summary\n")       # the module's order
+    from lfxai_utils import checkpoints
+    from lfxai_utils.book import pages, registry
+
+    assert ("BOOK_CHAPTERS", "autodata") in pages.api_members(registry)        # data documented with #: comments
+    assert ("CheckpointError", "autoexception") in pages.api_members(checkpoints)
+    claims = book.render_api(())
+    assert ".. automodule:: lfxai_utils.experiments.roar\n" in claims and "## Claim module `roar`" in claims
+
+
+@pytest.mark.slow
+def test_api_page_builds_strictly(tmp_path):
+    """The generated API page (autodoc, autosummary and napoleon over every module) passes Sphinx's strict build
+    (``-W -n``, as the book's) with the book's own configuration: no docstring breaks it, every reference resolves."""
+    import os
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: api\n")
+    (tmp_path / "api.md").write_text(book.render_api())
+    jb = Path(sys.executable).with_name("jupyter-book")
+    subprocess.run([str(jb) if jb.exists() else "jupyter-book", "config", "sphinx", str(tmp_path)], check=True,
+                   capture_output=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "sphinx", "-W", "-n", "--keep-going", "-q", "-b", "html",
+                          str(tmp_path), str(tmp_path / "_build")], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    html = (tmp_path / "_build" / "api.html").read_text()
+    assert 'id="lfxai_utils.checkpoints.save_checkpoint"' in html and 'id="lfxai_utils.experiments.roar.SPEC"' in html
 
 
 # ------------------------------------------------------------------------------------------ offline assets
@@ -736,8 +779,8 @@ class _Warns(__import__("torch").nn.Module):
 
 def test_not_run_page_gives_the_standing_reason_the_project_cannot_run_it():
     """CIFAR-100, dSprites, SimCLR and ROAR CIFAR-10 pages say why this project's machines cannot run them
-    (experiments.NOT_RUN_NOTES), beside what the readiness check found and the commands that run them elsewhere."""
-    from lfxai_utils.experiments import NOT_RUN_NOTES, not_run_note
+    (book.registry.NOT_RUN_NOTES), beside what the readiness check found and the commands that run them elsewhere."""
+    from lfxai_utils.book.registry import NOT_RUN_NOTES, not_run_note
 
     cases = [(Page("claim2_pretext", "cifar100", "P: CIFAR-100"), NOT_RUN_NOTES[(None, "cifar100", None)]),
              (Page("claim3_disentanglement", "dsprites", "D"), NOT_RUN_NOTES[(None, "dsprites", None)]),
@@ -749,3 +792,78 @@ def test_not_run_page_gives_the_standing_reason_the_project_cannot_run_it():
         assert note in md and md.index("data: dataset is missing") < md.index(note) < md.index("**How to run it:**")
     plain = book.render_not_run_page(Page("claim2_pretext", "cifar10", "P: CIFAR-10"), ["checkpoints not shipped"])
     assert not any(note in plain for note in NOT_RUN_NOTES.values())   # CIFAR-10 pretext has no standing reason
+
+
+# ------------------------------------------------------------------------------------------ claim specs
+def _notebook_defaults(notebook: str) -> dict:
+    import ast
+
+    out = {}
+    for name, source in book.notebook_parameters(ROOT / "notebooks" / f"{notebook}.ipynb").items():
+        try:
+            out[name] = ast.literal_eval(source)
+        except ValueError:
+            pass
+    return out
+
+
+def _cases(spec) -> list[tuple[str, str | None]]:
+    """Every dataset with the module's default model, and every (dataset, model) of a book page."""
+    pages = [(p.dataset, p.model) for c in book.BOOK_CHAPTERS for p in c.pages if p.notebook == spec.notebook]
+    return list(dict.fromkeys([(d, None) for d in spec.datasets] + pages))
+
+
+@pytest.mark.parametrize("notebook", sorted(CLAIM_NOTEBOOKS))
+def test_each_claim_module_exports_a_spec_whose_checkpoints_are_what_its_notebook_loads(notebook):
+    """``SPEC`` of every claim module: with the notebook's own default parameters it names the checkpoints the
+    notebook loads by default (its module's ``required_checkpoints`` at the paper's settings); every page parameter
+    it reads is a parameter of the notebook (so a book page can set it); its data are datasets of the library; and
+    its training jobs train every checkpoint it names."""
+    from lfxai_utils.data import DATASETS
+    from lfxai_utils.experiments import module_for, spec_for
+    from lfxai_utils.experiments.spec import ClaimSpec
+
+    mod, spec = module_for(notebook), spec_for(notebook)
+    assert isinstance(spec, ClaimSpec) and spec is mod.SPEC
+    assert (spec.notebook, spec.datasets, spec.models) == (mod.NOTEBOOK, tuple(mod.DATASETS), tuple(mod.MODELS))
+    defaults = _notebook_defaults(notebook)
+    assert set(spec.checkpoint_params) | set(spec.job_params) <= set(defaults)
+    for dataset, model in _cases(spec):
+        params = {**defaults, "dataset": dataset, "model": model}
+        names = spec.required_checkpoints(dataset, model, params)
+        assert names == list(mod.required_checkpoints(dataset, model)) and len(names) == len(set(names)) > 0
+        assert all(name in DATASETS for name, _ in spec.data_requirements(dataset, model))
+        train = {k: v for k, v in params.items() if v is not None}     # a page sets a number where a default is None
+        trained = {n for job in spec.training_jobs(dataset, model, train) for n in job.names}
+        assert set(names) <= trained, f"{notebook} {dataset}: no job trains {sorted(set(names) - trained)[:3]}"
+        assert spec.train is not None or all(job.notebook != notebook
+                                             for job in spec.training_jobs(dataset, model, train))
+
+
+def test_specs_read_only_the_page_parameters_they_name():
+    """A spec passes its functions the page parameters it names and nothing else (the notebook's defaults for the
+    rest): the ROAR page's one seed, Claim 3's runs and β grid."""
+    from lfxai_utils.experiments import spec_for
+
+    roar = spec_for("claim1_roar")
+    one_seed = roar.required_checkpoints("mnist", None, {"n_seeds": 1, "n_explain": 5, "mode": "inference"})
+    assert len(one_seed) == 1 + 3 * 5 and one_seed == roar.required_checkpoints("mnist", None, {"n_seeds": 1})
+    grid = spec_for("claim3_disentanglement").required_checkpoints("mnist", None, {"n_runs": 2, "betas": [1, 5]})
+    assert len(grid) == 2 * 2 * 2
+    assert spec_for("claim1_feature_consistency").required_checkpoints("mnist", None, {"n_runs": 9}) == [
+        "claim1_mnist_denoising-ae"]
+    with pytest.raises(ValueError, match="trains no job of its own"):
+        spec_for("encoder_vs_decoder").train_job(None)
+
+
+def test_the_library_does_not_import_the_book():
+    """experiments/ and checkpoints are below the book: importing them (and every claim module) loads no part of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lfxai_utils.experiments, lfxai_utils.checkpoints, lfxai_utils.experiments.jobs\n"
+            "from lfxai_utils.experiments import _MODULES, spec_for\n"
+            "[spec_for(m) for m in _MODULES]\n"
+            "print(sorted(m for m in sys.modules if m.startswith('lfxai_utils.book')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,5 +1,5 @@
-"""Checkpoint format: names, round trip, integrity and mismatch errors, load-or-train, TracIn files,
-atomic writes and the README table."""
+"""Checkpoint format: names, round trip, integrity and mismatch errors, TracIn files, atomic writes and the README
+table. (Loading else training is ``Experiment.get_model``: tests/test_experiments_common.py.)"""
 from __future__ import annotations
 
 import json
@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from lfxai_utils import checkpoints as ck
-from lfxai_utils.checkpoints import (CheckpointIntegrityError, CheckpointMismatchError, CheckpointNotFoundError,
-                                     checkpoint_name, load_checkpoint, load_or_train, load_tracin_checkpoints,
-                                     save_checkpoint)
+from lfxai_utils.checkpoints import (CheckpointIntegrityError, CheckpointMismatchError, checkpoint_name,
+                                     load_checkpoint, load_tracin_checkpoints, save_checkpoint)
 from lfxai_utils.models import build_model
 from lfxai_utils.training import fit
 
 SETTINGS = {"pretext": "denoising", "n_epochs": 2, "batch_size": 16, "lr": 1e-3, "seed": 0}
 DATA = {"dataset": "generated", "files": [{"name": "x.npz", "sha256": "0" * 64}]}
-HINT = "papermill notebooks/mnist_consistency_features.ipynb out.ipynb -p mode full"
 
 
 def images(n=32):
@@ -105,8 +103,6 @@ def test_edited_manifest_raises_mismatch_with_readable_diff(saved):
     # without expectations, the weights (d=4) do not fit the edited architecture (d=5)
     with pytest.raises(CheckpointMismatchError, match="shape mismatch"):
         load_checkpoint(d, "m")
-    with pytest.raises(CheckpointMismatchError, match="latent_dim"):  # load_or_train in inference mode
-        load_or_train(d, "m", build, train, allow_train=False, settings=SETTINGS, data_info=DATA, train_hint=HINT)
 
 
 def test_weights_of_another_architecture_raise_readable_mismatch(saved):
@@ -123,28 +119,12 @@ def test_weights_of_another_architecture_raise_readable_mismatch(saved):
     assert len(msg) < 800  # a summary, not a dump of every key
 
 
-def test_load_or_train_inference_mode_missing_raises_with_hint(tmp_path):
-    def never(model):
-        raise AssertionError("must not train in inference mode")
-
-    with pytest.raises(CheckpointNotFoundError) as err:
-        load_or_train(tmp_path, "absent", build, never, allow_train=False, settings=SETTINGS, data_info=DATA,
-                      train_hint=HINT)
-    assert HINT in str(err.value) and "absent.pt" in str(err.value)
-    assert isinstance(err.value, FileNotFoundError)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_load_or_train_trains_saves_tracin_then_loads(tmp_path):
-    calls = []
-
-    def train_k(model):
-        calls.append(1)
-        return train(model, checkpoint_every=1)
-
-    model, manifest, trained = load_or_train(tmp_path, "ae", build, train_k, allow_train=True, settings=SETTINGS,
-                                             data_info=DATA, train_hint=HINT, seed=0)
-    assert trained and len(calls) == 1 and not model.training
+def test_tracin_checkpoints_are_saved_listed_and_verified(tmp_path):
+    torch.manual_seed(0)
+    model = build()
+    save_checkpoint(model, tmp_path, "ae", settings=SETTINGS, data_info=DATA,
+                    train_result=train(model, checkpoint_every=1))
+    manifest = json.loads((tmp_path / "ae.json").read_text())
     assert [e["epoch"] for e in manifest["tracin_checkpoints"]] == [0, 1]
     assert {p.name for p in tmp_path.iterdir()} == {"ae.pt", "ae.json", "ae_epoch0.pt", "ae_epoch0.json",
                                                     "ae_epoch1.pt", "ae_epoch1.json"}
@@ -153,13 +133,6 @@ def test_load_or_train_trains_saves_tracin_then_loads(tmp_path):
     states = load_tracin_checkpoints(tmp_path, "ae")
     assert len(states) == 2 and states[0].keys() == model.state_dict().keys()
     assert not torch.equal(states[0]["encoder.encoder_lin.2.weight"], states[1]["encoder.encoder_lin.2.weight"])
-
-    again, manifest2, trained2 = load_or_train(tmp_path, "ae", build, train_k, allow_train=True, settings=SETTINGS,
-                                               data_info=DATA, train_hint=HINT, seed=0)
-    assert not trained2 and len(calls) == 1 and manifest2 == manifest
-    x = images(4)[0]
-    with torch.no_grad():
-        assert torch.equal(model(x), again(x))
 
     # a TracIn checkpoint replaced by another intact one (file + its manifest) is detected via the main listing
     import shutil
@@ -177,21 +150,6 @@ def test_load_or_train_trains_saves_tracin_then_loads(tmp_path):
     p.write_bytes(p.read_bytes()[:-10])
     with pytest.raises(CheckpointIntegrityError, match="ae_epoch0.pt"):
         load_tracin_checkpoints(tmp_path, "ae")
-
-    # changed settings: retrained (with a warning) when allowed
-    with pytest.warns(UserWarning, match="retraining"):
-        _, manifest3, trained3 = load_or_train(tmp_path, "ae", build, train_k, allow_train=True,
-                                               settings={**SETTINGS, "lr": 0.01}, data_info=DATA, train_hint=HINT)
-    assert trained3 and len(calls) == 2 and manifest3["settings"]["lr"] == 0.01
-
-
-def test_seeded_load_or_train_is_reproducible(tmp_path):
-    outs = []
-    for name in ("a", "b"):
-        model, manifest, _ = load_or_train(tmp_path, name, build, train, allow_train=True, settings=SETTINGS,
-                                           data_info=DATA, train_hint=HINT, seed=3)
-        outs.append(manifest["file"]["sha256"])
-    assert outs[0] == outs[1]
 
 
 def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -244,3 +202,6 @@ def test_readme_table(saved):
     text = readme.read_text()
     assert "`m`" in text and "mnist_ae" in text and "old" not in text and text.endswith("footer\n")
     assert "| name |" in ck.checkpoint_table(d)
+    assert ck.checkpoint_table(d).splitlines()[-1].endswith("| — |")            # no page named: used by nobody
+    ck.update_readme(d, used_by={"m": ["claim_a (mnist)", "claim_b (mnist)"]})
+    assert "| claim_a (mnist), claim_b (mnist) |" in readme.read_text()

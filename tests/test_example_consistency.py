@@ -298,7 +298,7 @@ def test_run_plan_budgets(tmp_path):
                     "if_n_train": None, "if_n_test": None, "simplex_steps": 1000, "notes": []}
     assert X.run_plan(exp, None, n_train=1000, n_test=500, if_recursion_depth=1, if_n_train=100,
                       if_n_test=100)["if_n_train"] == 100
-    from lfxai_utils.experiments import CPU_BUDGETS
+    from lfxai_utils.book.registry import CPU_BUDGETS
     ecg_budget = CPU_BUDGETS[("claim1_example_consistency", "ecg5000")]
     assert "explainers" not in ecg_budget and ecg_budget["if_n_train"] == 100 and ecg_budget["if_recursion_depth"] == 1
     smoke = X.run_plan(_setup(tmp_path, smoke=True), "dknn", n_train=1000, n_test=500, if_recursion_depth=100)

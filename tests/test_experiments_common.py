@@ -44,6 +44,64 @@ def test_smoke_uses_private_fixture_and_checkpoint_folders(tmp_path):
     assert exp.size(1000, 8) == 8 and _setup(tmp_path).size(1000, 8) == 1000
 
 
+def _namespace(tmp_path, **kw):
+    """A Claim 1.1 notebook's globals after its parameters cell (plus what else a notebook namespace holds)."""
+    ns = dict(dataset="cifar10", model="simclr", n_explain=7, batch_size=64, mode="train", smoke=False, seed=3,
+              device="cpu", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+              checkpoint_dir=str(tmp_path / "ckpt"), reuse_checkpoints=True, n_epochs=2,
+              __name__="__main__", plt=object())
+    ns.update(kw)
+    return ns
+
+
+def test_setup_notebook_sets_up_from_the_namespace(tmp_path):
+    exp = common.setup_notebook(fc, _namespace(tmp_path), progress=False)
+    assert isinstance(exp, common.Experiment)
+    assert (exp.notebook, exp.dataset, exp.model, exp.mode, exp.seed, exp.device.type) == (
+        "claim1_feature_consistency", "cifar10", "simclr", "train", 3, "cpu")
+    assert (exp.smoke, exp.reuse_checkpoints, exp.n_epochs, exp.progress) == (False, True, 2, False)
+    assert (exp.output_dir, exp.checkpoint_dir, exp.data_dir) == (tmp_path / "out", tmp_path / "ckpt", tmp_path / "data")
+    assert exp.output_dir.is_dir() and not exp.data_dir.exists() and not exp.checkpoint_dir.exists()
+
+
+def test_setup_notebook_passes_the_claim_modules_choices_and_extra_keywords(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(common, "setup", lambda notebook, **kw: calls.append((notebook, kw)) or "exp")
+    assert common.setup_notebook(fc, _namespace(tmp_path, smoke=True), smoke_fixtures=["mnist"]) == "exp"
+    (notebook, kw), = calls
+    assert notebook == fc.NOTEBOOK
+    assert kw == dict(dataset="cifar10", model="simclr", mode="train", smoke=True, seed=3, device="cpu",
+                      data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                      checkpoint_dir=str(tmp_path / "ckpt"), reuse_checkpoints=True, n_epochs=2,
+                      datasets=fc.DATASETS, models=fc.MODELS, smoke_fixtures=["mnist"])
+    with pytest.raises(TypeError, match="seed come from the notebook's parameters"):
+        common.setup_notebook(fc, _namespace(tmp_path), seed=4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"n_explain": -5, "batch_size": 0}, r"n_explain = -5 is not allowed(.|\n)*batch_size = 0 is not allowed"),
+    ({"dataset": "mnsit"}, r"dataset = 'mnsit' is not allowed"),
+    ({"seed": -1}, r"seed = -1 is not allowed"),
+    ({"smoke": "yes"}, r"smoke = 'yes' is not allowed"),
+    ({"output_dir": ""}, r"output_dir = '' is not allowed"),
+])
+def test_setup_notebook_rejects_a_bad_parameter_before_creating_anything(tmp_path, monkeypatch, bad, match):
+    calls = []
+    real_setup = common.setup
+    monkeypatch.setattr(common, "setup", lambda *a, **kw: calls.append(kw) or real_setup(*a, **kw))
+    with pytest.raises(ValueError, match=match):
+        common.setup_notebook(fc, _namespace(tmp_path, **bad), progress=False)
+    assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_setup_notebook_names_a_missing_parameter(tmp_path):
+    ns = _namespace(tmp_path)
+    del ns["n_epochs"]
+    with pytest.raises(ValueError, match="n_epochs: not defined"):
+        common.setup_notebook(fc, ns, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _tiny_spec():
     return common.ModelSpec("mnist_ae", {"latent_dim": 2, "pretext": "denoising"}, n_epochs=1, batch_size=32,
                             patience=None, identity={"purpose": "test"})
@@ -286,3 +344,63 @@ def test_resolve_runs_uses_the_complete_shipped_runs_in_inference_and_the_papers
     assert inf.resolve_runs(None, 5, required) == 5                 # never more than the paper's
     assert inf.resolve_runs(3, 5, required) == 3                    # an explicit n_runs is kept
     assert _setup(tmp_path, dataset="cifar10", mode="train").resolve_runs(None, 5, required) == 5
+
+
+def test_get_model_in_inference_mode_never_trains(tmp_path):
+    """A missing checkpoint raises (a FileNotFoundError naming the file and the command that trains it) and writes
+    nothing; one whose manifest no longer matches the requested architecture raises its mismatch."""
+    write_fixture("mnist", tmp_path / "data", n_train=64, n_test=16)
+    inf = _setup(tmp_path, mode="inference")
+    splits = inf.load_data()
+    info = common.json_data_info(splits)
+    with pytest.raises(CheckpointNotFoundError) as err:
+        inf.get_model("absent", _tiny_spec(), splits.train, data_info=info)
+    assert "absent.pt" in str(err.value) and inf.papermill_command("train") in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
+    assert not (tmp_path / "ckpt").exists() or list((tmp_path / "ckpt").iterdir()) == []
+    _setup(tmp_path, mode="train").get_model("m", _tiny_spec(), splits.train, data_info=info)
+    js = tmp_path / "ckpt" / "m.json"
+    manifest = json.loads(js.read_text())
+    manifest["arch_kwargs"]["latent_dim"] = 3
+    js.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointMismatchError, match="latent_dim"):
+        inf.get_model("m", _tiny_spec(), splits.train, data_info=info)
+    assert inf.trained == [] and inf.loaded == []
+
+
+def test_get_model_trains_saves_tracin_checkpoints_then_loads_the_same_model(tmp_path):
+    write_fixture("mnist", tmp_path / "data", n_train=64, n_test=16)
+    exp = _setup(tmp_path, mode="train")
+    splits = exp.load_data()
+    info = common.json_data_info(splits)
+    spec = _tiny_spec().with_(n_epochs=2, checkpoint_every=1)
+    model, manifest = exp.get_model("ae", spec, splits.train, data_info=info)
+    ckpt = tmp_path / "ckpt"
+    assert exp.trained == ["ae"] and not model.training
+    assert [e["epoch"] for e in manifest["tracin_checkpoints"]] == [0, 1]
+    assert {p.name for p in ckpt.iterdir()} == {"ae.pt", "ae.json", "ae_epoch0.pt", "ae_epoch0.json",
+                                                "ae_epoch1.pt", "ae_epoch1.json"}
+    sub = json.loads((ckpt / "ae_epoch1.json").read_text())
+    assert sub["role"] == "tracin" and sub["parent"] == "ae" and sub["epoch"] == 1
+    states = exp.tracin_checkpoints("ae")
+    assert len(states) == 2 and states[0].keys() == model.state_dict().keys()
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
+    inf = _setup(tmp_path, mode="inference")
+    again, manifest2 = inf.get_model("ae", spec, splits.train, data_info=info)
+    assert inf.loaded == ["ae"] and inf.trained == [] and manifest2 == manifest
+    x = splits.test.tensors()[0]
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    # another training setting (here the learning rate): a train run that reuses checkpoints retrains it
+    lr = _setup(tmp_path, mode="train", reuse_checkpoints=True)
+    _, manifest3 = lr.get_model("ae", spec.with_(lr=0.01), splits.train, data_info=info)
+    assert lr.trained == ["ae"] and manifest3["settings"]["lr"] == 0.01
+
+
+def test_get_model_training_is_seeded(tmp_path):
+    write_fixture("mnist", tmp_path / "data", n_train=64, n_test=16)
+    exp = _setup(tmp_path, mode="train")
+    splits = exp.load_data()
+    info = common.json_data_info(splits)
+    shas = [exp.get_model(name, _tiny_spec(), splits.train, data_info=info)[1]["file"]["sha256"] for name in "ab"]
+    assert shas[0] == shas[1]

@@ -1,4 +1,5 @@
-"""``make checkpoints``: the job list, what counts as current, the executor-agnostic runner, and a real resumable run."""
+"""``make checkpoints``: the job list (lfxai_utils.book.train), what counts as current (lfxai_utils.experiments.jobs),
+the executor-agnostic runner, and a real resumable run."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from lfxai_utils.checkpoints import read_manifest
-from lfxai_utils.experiments import BOOK_CHAPTERS, jobs as J
+from lfxai_utils.book import train as T
+from lfxai_utils.book.registry import BOOK_CHAPTERS
+from lfxai_utils.experiments import jobs as J
 from lfxai_utils.fixtures import write_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +28,7 @@ def _pages(*keys):
 
 
 def test_pages_share_models_and_each_checkpoint_is_one_job():
-    jobs = J.page_jobs(_pages("claim1_feature_consistency__mnist", "claim1_example_consistency__mnist",
+    jobs = T.page_jobs(_pages("claim1_feature_consistency__mnist", "claim1_example_consistency__mnist",
                               "claim2_pretext__mnist", "encoder_vs_decoder__mnist", "claim1_roar__mnist"))
     names = [n for j in jobs for n in j.names]
     assert len(names) == len(set(names))
@@ -38,7 +41,7 @@ def test_pages_share_models_and_each_checkpoint_is_one_job():
     assert all(j.after == roar[0].names for j in roar[1:])            # retraining waits for the base model
     assert sum(len(j.names) for j in roar[1:]) == 3 * 5 * 3           # methods x levels x seeds
     # train-only page parameters: the VAE grid trains the paper's 5 runs while the page explains fewer
-    vae = J.page_jobs(_pages("claim3_disentanglement__mnist"))
+    vae = T.page_jobs(_pages("claim3_disentanglement__mnist"))
     assert len(vae) == 2 * 3 * 5 and vae[0].selector == {"loss": "beta", "beta": 1.0, "run": 0}
 
 
@@ -63,7 +66,7 @@ def _job(name, after=(), cost=1.0):
 def test_runner_orders_by_dependencies_and_skips_dependents_of_failures(tmp_path):
     jobs = [_job("b", after=["a"]), _job("a"), _job("c", after=["b"]), _job("d")]
     ex = InlineExecutor()
-    res = J.run_jobs(jobs, executor=ex, checkpoint_dir=tmp_path, data_dir=None, log_dir=tmp_path, max_parallel=1,
+    res = T.run_jobs(jobs, executor=ex, checkpoint_dir=tmp_path, data_dir=None, log_dir=tmp_path, max_parallel=1,
                      poll_s=0, progress=False)
     assert ex.order == ["a", "b", "c", "d"] or ex.order.index("a") < ex.order.index("b") < ex.order.index("c")
     assert {r["key"] for r in res} == {"a", "b", "c", "d"} and not any(r["error"] for r in res)
@@ -72,7 +75,7 @@ def test_runner_orders_by_dependencies_and_skips_dependents_of_failures(tmp_path
         return {"key": j["names"][0], "trained": [], "loaded": [], "seconds": 0.0,
                 "error": "boom" if j["names"][0] == "a" else None}
 
-    res = {r["key"]: r for r in J.run_jobs(jobs, executor=InlineExecutor(fail_a), checkpoint_dir=tmp_path,
+    res = {r["key"]: r for r in T.run_jobs(jobs, executor=InlineExecutor(fail_a), checkpoint_dir=tmp_path,
                                            data_dir=None, log_dir=tmp_path, poll_s=0, progress=False)}
     assert res["a"]["error"] == "boom" and "skipped" in res["b"]["error"] and "skipped" in res["c"]["error"]
     assert res["d"]["error"] is None
@@ -102,7 +105,7 @@ class ThreadedExecutor:
 
 def test_runner_keeps_at_most_max_parallel_jobs_in_flight(tmp_path):
     ex = ThreadedExecutor()
-    res = J.run_jobs([_job(str(i)) for i in range(6)], executor=ex, checkpoint_dir=tmp_path, data_dir=None,
+    res = T.run_jobs([_job(str(i)) for i in range(6)], executor=ex, checkpoint_dir=tmp_path, data_dir=None,
                      log_dir=tmp_path, max_parallel=2, poll_s=0.005, progress=False)
     assert len(res) == 6 and ex.peak == 2
 
@@ -114,7 +117,7 @@ def test_make_checkpoints_trains_what_is_missing_then_nothing_then_what_went_sta
     write_fixture("mnist", data, n_train=60, n_test=20)
     args = ["--only", "claim1_feature_consistency__mnist", "--jobs", "2", "--checkpoint-dir", str(ckpt),
             "--data-dir", str(data), "--log-dir", str(tmp_path / "logs")]
-    assert J.main(args) == 0
+    assert T.main(args) == 0
     name = "claim1_mnist_denoising-ae"
     assert "training every model into" in (tmp_path / "logs" / f"{name}.log").read_text()   # the job's own log
     first = read_manifest(ckpt, name)
@@ -122,15 +125,15 @@ def test_make_checkpoints_trains_what_is_missing_then_nothing_then_what_went_sta
     assert first["training"]["n_train"] == 54 and first["training"]["n_val"] == 6
     assert first["tracin_checkpoints"] and first["settings"]["checkpoint_every"] == 10
     capsys.readouterr()
-    assert J.main(args) == 0                                        # everything current: nothing trained
+    assert T.main(args) == 0                                        # everything current: nothing trained
     assert "1 current, 0 to train" in capsys.readouterr().out
     assert read_manifest(ckpt, name)["file"] == first["file"]
     write_fixture("mnist", data, n_train=80, n_test=20, seed=7)      # other data files: the model is stale
     memo: dict = {}
-    (job,) = J.page_jobs(_pages("claim1_feature_consistency__mnist"))
+    (job,) = T.page_jobs(_pages("claim1_feature_consistency__mnist"))
     state, why = J.job_state(job, ckpt, data, memo)
     assert state == "stale" and "other data files" in why
-    assert J.main(args) == 0
+    assert T.main(args) == 0
     again = read_manifest(ckpt, name)
     assert again["data"]["n_train"] == 80 and again["file"]["sha256"] != first["file"]["sha256"]
     listed = {t["name"] for t in again["tracin_checkpoints"]}
@@ -164,7 +167,7 @@ def test_saving_a_retrained_model_removes_tracin_files_its_manifest_no_longer_li
 def test_job_state_reads_manifests_data_and_budget(tmp_path, monkeypatch):
     data, ckpt = tmp_path / "data", tmp_path / "ckpt"
     write_fixture("mnist", data, n_train=40, n_test=20)
-    (job,) = J.page_jobs(_pages("claim1_feature_consistency__mnist"))
+    (job,) = T.page_jobs(_pages("claim1_feature_consistency__mnist"))
     memo: dict = {}
     assert J.job_state(job, ckpt, data, memo)[0] == "missing"
     info = J._data_info(job.data, data, memo)
@@ -187,19 +190,19 @@ def test_job_state_reads_manifests_data_and_budget(tmp_path, monkeypatch):
 
 def test_pages_follow_the_order_of_the_patterns_and_an_exact_key_selects_one_page():
     pages = [p for c in BOOK_CHAPTERS for p in c.pages]
-    keys = [p.key for p in J.select_pages(pages, ["claim2_pretext__cifar10", "claim1_feature_consistency__mnist"])]
+    keys = [p.key for p in T.select_pages(pages, ["claim2_pretext__cifar10", "claim1_feature_consistency__mnist"])]
     assert keys == ["claim2_pretext__cifar10", "claim1_feature_consistency__mnist"]     # not cifar100
-    assert [p.key for p in J.select_pages(pages, ["simclr"])] == [
+    assert [p.key for p in T.select_pages(pages, ["simclr"])] == [
         "claim1_feature_consistency__cifar10-simclr", "claim1_example_consistency__cifar10-simclr"]
-    assert J.select_pages(pages, []) == pages
+    assert T.select_pages(pages, []) == pages
 
 
 def test_a_page_epoch_cap_sets_the_budget_the_tracin_interval_and_the_cost():
-    (job,) = J.page_jobs(_pages("claim1_feature_consistency__cifar10"))
+    (job,) = T.page_jobs(_pages("claim1_feature_consistency__cifar10"))
     name = job.names[0]
     assert job.expect[name]["n_epochs"] == 10 and job.exp_params == {"n_epochs": 10}
     assert job.expect[name]["checkpoint_every"] == 2                  # 5 TracIn checkpoints in 10 epochs
-    (full,) = J.page_jobs([p.__class__(p.notebook, p.dataset, p.title, p.model, p.params, {})
+    (full,) = T.page_jobs([p.__class__(p.notebook, p.dataset, p.title, p.model, p.params, {})
                            for p in _pages("claim1_feature_consistency__cifar10")])
     assert full.expect[name]["n_epochs"] == 100 and full.expect[name]["checkpoint_every"] == 10
     assert job.cost_s == pytest.approx(full.cost_s / 10)
@@ -216,14 +219,14 @@ def test_capped_checkpoint_interval_keeps_several_tracin_checkpoints():
 _ORPHAN_SCRIPT = r"""
 import os, sys, time
 from pathlib import Path
-from lfxai_utils.experiments import jobs
+from lfxai_utils.book import train
 
 def report_pid(path):
     Path(path).write_text(str(os.getpid()))
     time.sleep(120)
 
 if __name__ == "__main__":
-    ex = jobs.make_executor("local", 1, 1, Path(sys.argv[2]))
+    ex = train.make_executor("local", 1, 1, Path(sys.argv[2]))
     ex.submit(report_pid, sys.argv[1])
     time.sleep(120)
 """

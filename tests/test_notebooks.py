@@ -6,6 +6,9 @@ module's ``SMOKE_CASES`` list of (dataset, model) pairs when it defines one), so
 as it exists. Each case executes the notebook with papermill and ``smoke=True`` on generated fixture data into a temporary
 folder; it fails on any exception and checks that the notebook wrote its verdicts (all ``inconclusive`` in a smoke
 run). Run them in parallel with ``pytest -n 2`` (pytest-xdist); ``make test`` does.
+
+Each notebook's source is the py:percent script beside it (``notebooks/X.py``, paired by ``jupytext.toml``); the
+tests below fail when a pair is missing or out of sync (``make notebooks`` runs ``jupytext --sync``).
 """
 from __future__ import annotations
 
@@ -120,38 +123,115 @@ def test_notebook_smoke(notebook, dataset, model, tmp_path, monkeypatch):
     assert set(df["verdict"]) == {"inconclusive"}, "a smoke run on generated data must not claim a verdict"
 
 
-GENERATORS = sorted((ROOT / "tools").glob("nb_*.py"))
+# ------------------------------------------------------------------- notebooks/X.py <-> notebooks/X.ipynb (jupytext)
+SOURCES = sorted(NOTEBOOKS.glob("*.py"))
+IPYNBS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
-def test_every_notebook_has_a_generator():
-    stems = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
-    assert stems == {g.stem[len("nb_"):] for g in GENERATORS}
+def _cells(nb) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(c.cell_type, c.source, tuple(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
 
 
-@pytest.mark.parametrize("generator", GENERATORS, ids=lambda p: p.stem)
-def test_notebook_matches_its_generator(generator, monkeypatch, tmp_path):
-    """``notebooks/X.ipynb`` is exactly what ``tools/nb_X.py`` writes (edit the generator, then rerun it)."""
-    import runpy
-    import sys
+def pair_differences(py: Path, ipynb: Path) -> list[str]:
+    """How the cells jupytext reads from ``py`` differ from those of ``ipynb`` (type, source, tags); [] in sync."""
+    import jupytext
+    import nbformat
 
-    monkeypatch.syspath_prepend(str(ROOT / "tools"))
-    sys.modules.pop("nbwrite", None)
-    import nbwrite
+    text, nb = jupytext.read(py), nbformat.read(ipynb, as_version=4)
+    a, b = _cells(text), _cells(nb)
+    out = [f"{len(a)} cells in {py.name}, {len(b)} in {ipynb.name}"] if len(a) != len(b) else []
+    for i, (x, y) in enumerate(zip(a, b)):
+        for what, u, v in zip(("type", "source", "tags"), x, y):
+            if u != v:
+                out.append(f"cell {i}: {what} {u!r:.60} in {py.name} but {v!r:.60} in {ipynb.name}")
+    if text.metadata.get("kernelspec") != nb.metadata.get("kernelspec"):
+        out.append(f"kernelspec {text.metadata.get('kernelspec')} vs {nb.metadata.get('kernelspec')}")
+    return out
 
-    written = {}
-    real_write = nbwrite.write
 
-    def capture(path, cells):
-        real_write(tmp_path / "out.ipynb", cells)
-        written[Path(path).name] = (tmp_path / "out.ipynb").read_text()
+def test_every_notebook_is_paired_with_its_py_percent_source():
+    """``jupytext.toml`` pairs ``notebooks/X.ipynb`` with ``notebooks/X.py`` (py:percent), and both exist."""
+    from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
+    from jupytext.formats import long_form_multiple_formats
+    from jupytext.paired_paths import paired_paths
 
-    monkeypatch.setattr(nbwrite, "write", capture)
-    runpy.run_path(str(generator), run_name="__main__")
-    name = generator.stem[len("nb_"):] + ".ipynb"
-    assert list(written) == [name]
-    assert written[name] == (NOTEBOOKS / name).read_text(), (
-        f"notebooks/{name} differs from what {generator.relative_to(ROOT)} writes: "
-        f"run `.venv/bin/python {generator.relative_to(ROOT)}` (or move your notebook edit into the generator)")
+    assert IPYNBS and {p.stem for p in IPYNBS} == {p.stem for p in SOURCES}, (
+        "every notebooks/X.ipynb needs its notebooks/X.py and vice versa (`jupytext --set-formats "
+        "ipynb,py:percent` or `make notebooks`)")
+    config = load_jupytext_configuration_file(find_jupytext_configuration_file(str(NOTEBOOKS)))
+    for ipynb in IPYNBS:
+        formats = config.default_formats(str(ipynb))
+        assert formats, f"jupytext.toml does not pair {ipynb.name}"
+        paths = dict(paired_paths(str(ipynb), "ipynb", formats))
+        assert set(paths) == {str(ipynb), str(ipynb.with_suffix(".py"))}
+        assert {f.get("format_name") for f in long_form_multiple_formats(formats)} == {None, "percent"}
+
+
+@pytest.mark.parametrize("ipynb", IPYNBS, ids=lambda p: p.stem)
+def test_pair_is_in_sync_and_the_notebook_has_no_outputs(ipynb):
+    import nbformat
+
+    py = ipynb.with_suffix(".py")
+    diffs = pair_differences(py, ipynb)
+    assert not diffs, (f"{py.name} and {ipynb.name} are out of sync (run `make notebooks`, i.e. jupytext --sync):\n"
+                       + "\n".join(diffs))
+    nb = nbformat.read(ipynb, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert not [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)], (
+        f"{ipynb.name} carries outputs: keep them out of git (clear them, or `make notebooks`)")
+
+
+def test_editing_one_side_of_a_pair_fails_the_sync_check(tmp_path):
+    import nbformat
+
+    py, ipynb = tmp_path / "claim1_roar.py", tmp_path / "claim1_roar.ipynb"
+
+    def fresh():
+        py.write_text((NOTEBOOKS / py.name).read_text())
+        ipynb.write_text((NOTEBOOKS / ipynb.name).read_text())
+
+    fresh()
+    assert pair_differences(py, ipynb) == []
+    py.write_text(py.read_text().replace("\n# %% [markdown]\n# ## Data\n", "\n# %% [markdown]\n# ## The data\n", 1))
+    assert any("cell" in d and "## The data" in d for d in pair_differences(py, ipynb))
+    fresh()
+    nb = nbformat.read(ipynb, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    code.source += "\nprint(1)"
+    nbformat.write(nb, ipynb)
+    assert pair_differences(py, ipynb)
+    fresh()
+    nb = nbformat.read(ipynb, as_version=4)
+    next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).metadata.pop("tags")
+    nbformat.write(nb, ipynb)
+    assert any("tags" in d for d in pair_differences(py, ipynb))
+    fresh()
+    nb = nbformat.read(ipynb, as_version=4)
+    del nb.cells[-1]
+    nbformat.write(nb, ipynb)
+    assert pair_differences(py, ipynb)
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.stem)
+def test_parameters_cell_is_tagged_and_holds_literal_assignments_only(py):
+    """papermill injects its parameters after the cell tagged ``parameters``: it must exist once, be the first code
+    cell, and (for the book's parameter reader and lfxai_utils.params) assign literals only."""
+    import ast
+
+    import jupytext
+
+    text = py.read_text()
+    assert text.count('\n# %% tags=["parameters"]\n') == 1, f'{py.name}: no (or several) # %% tags=["parameters"] line'
+    nb = jupytext.read(py)
+    assert nb.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0]
+    for stmt in ast.parse(tagged[0].source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name), (
+            f"{py.name}: {ast.unparse(stmt)!r} is not a plain assignment")
+        ast.literal_eval(stmt.value)
 
 
 @pytest.mark.slow
@@ -175,5 +255,5 @@ def test_bad_parameter_stops_the_notebook_in_its_setup_cell(tmp_path, monkeypatc
 
     nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     failed = next(i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
-    assert "params.check(X.NOTEBOOK, globals())" in nb.cells[failed].source
+    assert "common.setup_notebook(X, globals())" in nb.cells[failed].source
     assert not out_dir.exists() and not (tmp_path / "no-data").exists()

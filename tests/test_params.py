@@ -4,14 +4,14 @@
 * the notebooks' defaults, the book's page parameters and the smoke settings pass;
 * a table of bad values (negative, zero, wrong type, unknown name, NaN, ...) is rejected for every parameter of every
   notebook, with a ``ValueError`` naming the parameter, the value and what is allowed;
-* each notebook's set-up cell runs the check before ``common.setup`` (executed here with ``common.setup`` replaced).
+* each notebook's set-up cell (``common.setup_notebook``) runs the check before ``common.setup`` (executed here
+  with ``common.setup`` replaced).
 """
 from __future__ import annotations
 
 import ast
 import math
 import re
-import sys
 from pathlib import Path
 
 import nbformat
@@ -46,17 +46,24 @@ def test_schema_knows_every_notebook_and_no_other():
         P.schema("nope")
 
 
-def test_common_entries_are_those_of_nbwrite_common_params():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import nbwrite
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
-    names = re.findall(r"^([A-Za-z_]\w*)\s*=", nbwrite.COMMON_PARAMS, flags=re.M)
-    assert tuple(names) == P.COMMON_NAMES
-    assert tuple(P._common()) == P.COMMON_NAMES
+def _parameter_lines(notebook: str) -> list[str]:
+    """The assignment lines of the notebook's ``parameters`` cell, in order."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return [ln for ln in cell.source.splitlines() if re.match(r"^[A-Za-z_]\w*\s*=", ln)]
+
+
+def test_every_notebook_ends_its_parameters_with_the_same_common_block():
+    """The common parameters close every notebook's parameters cell, in COMMON_NAMES' order and word for word the
+    same lines (defaults and comments) in every notebook."""
+    blocks = {}
     for nb in NOTEBOOKS:
+        lines = _parameter_lines(nb)[-len(P.COMMON_NAMES):]
+        assert tuple(re.match(r"^(\w+)", ln).group(1) for ln in lines) == P.COMMON_NAMES, nb
+        blocks[nb] = lines
         assert set(P.COMMON_NAMES) <= set(P.schema(nb))
+    assert len({tuple(b) for b in blocks.values()}) == 1, f"the common parameters differ between notebooks: {blocks}"
+    assert tuple(P._common()) == P.COMMON_NAMES
 
 
 # ------------------------------------------------------------------------------------------- valid values
@@ -68,7 +75,7 @@ def test_defaults_and_smoke_settings_pass(notebook):
 
 
 def test_every_book_page_parameter_passes():
-    from lfxai_utils.experiments import BOOK_CHAPTERS
+    from lfxai_utils.book import BOOK_CHAPTERS
 
     n = 0
     for chapter in BOOK_CHAPTERS:
@@ -226,7 +233,7 @@ def test_setup_cell_checks_before_common_setup(notebook, monkeypatch):
 
     monkeypatch.setattr(common, "setup", fake_setup)
     src = setup_source(notebook)
-    assert src.index("params.check(X.NOTEBOOK, globals())") < src.index("common.setup(")
+    assert "exp = common.setup_notebook(X, globals())" in src and "common.setup(" not in src
     d = defaults(notebook)
     with pytest.raises(Reached):                          # valid parameters reach common.setup
         exec(src, dict(d))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lfxai_utils.checkpoints import FORMAT, checkpoint_table, load_checkpoint, read_manifest
+from lfxai_utils.book.registry import checkpoint_users
 from lfxai_utils._utils import sha256_file
 from lfxai_utils.models import build_model
 
@@ -59,4 +60,5 @@ def test_total_size_and_readme_table():
     for name, mb in per.items():
         assert name in MAX_MB and mb < MAX_MB[name], f"{name} checkpoints take {mb:.1f} MB (cap {MAX_MB.get(name)})"
     readme = (DIR / "README.md").read_text()
-    assert checkpoint_table(DIR) in readme, "checkpoints/README.md is stale: run `python -m lfxai_utils.checkpoints`"
+    assert checkpoint_table(DIR, checkpoint_users()) in readme, \
+        "checkpoints/README.md is stale: run `python -m lfxai_utils.checkpoints`"

@@ -1,6 +1,7 @@
 """What every claim notebook shares: parameter validation, data, models from checkpoints, outputs.
 
-A notebook calls :func:`setup` with its papermill parameters and gets an :class:`Experiment` that knows
+A notebook calls :func:`setup_notebook` (its parameters checked, then :func:`setup` with them) and gets an
+:class:`Experiment` that knows
 
 * the **mode**: ``"inference"`` (load the shipped checkpoints, never train) or ``"train"`` (train every model the
   notebook needs at the paper's settings and save it into ``checkpoint_dir``), and whether this is a **smoke** run
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
@@ -25,19 +25,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .._utils import atomic_write, resolve_device, seed_everything
+from .._utils import atomic_write, display_path, resolve_device, seed_everything
 from ..checkpoints import (CheckpointMismatchError, CheckpointNotFoundError, checkpoint_name, load_checkpoint, load_tracin_checkpoints,
                            checkpoint_paths, read_manifest, save_checkpoint)
 from ..data import DATASETS, DatasetNotFoundError, DatasetSplits, load_dataset
+from ..labels import DATASET_LABELS, MODES, dataset_label  # noqa: F401 - re-exported: common.MODES etc.
 from ..models import build_model
 from ..report import Verdict, write_csv, write_summary
 from ..training import TrainResult, fit
 
-MODES = ("inference", "train")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
-DATASET_LABELS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
-                  "dsprites": "dSprites"}
 
 
 # ------------------------------------------------------------------------------------------ model specs
@@ -82,10 +80,6 @@ def check_choice(name: str, value: Any, valid: Sequence[Any]) -> Any:
     return value
 
 
-def dataset_label(dataset: str) -> str:
-    return DATASET_LABELS.get(dataset, dataset)
-
-
 def json_data_info(splits: DatasetSplits) -> dict[str, Any]:
     """The JSON-plain part of ``splits.info`` that a checkpoint manifest records (files, sizes, notes)."""
     keep = ("name", "files", "n_train", "n_test", "split_seed", "notes", "mode", "image_size", "n_classes")
@@ -114,10 +108,7 @@ def baseline_for(dataset: str, splits: DatasetSplits, model: str | None = None):
 
 def _short(path: Path) -> str:
     """``path`` relative to the repository when inside it (pages should not show this machine's folders)."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    return display_path(path, REPO_ROOT)
 
 
 #: The training-budget settings a reused checkpoint must match in train mode (inference loads any budget).
@@ -218,9 +209,12 @@ class Experiment:
         return smoke if self.smoke else normal
 
     def papermill_command(self, mode: str = "train", **extra: Any) -> str:
+        """The command that runs this notebook on this dataset (and model) in ``mode`` with ``extra`` parameters
+        (:func:`lfxai_utils.params.papermill_command`)."""
+        from ..params import papermill_command
+
         params = {"dataset": self.dataset, **({"model": self.model} if self.model else {}), "mode": mode, **extra}
-        args = " ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in params.items())
-        return f"papermill notebooks/{self.notebook}.ipynb out.ipynb {args}"
+        return papermill_command(self.notebook, params)
 
     def describe(self) -> str:
         what = {"inference": "inference from the checkpoints in", "train": "training every model into"}[self.mode]
@@ -392,20 +386,28 @@ def setup(notebook: str, *, dataset: str, mode: str = "inference", smoke: bool =
           smoke_fixtures: Sequence[str] | None = None, progress: bool = True) -> Experiment:
     """Validate a notebook's parameters and prepare its folders.
 
-    Parameters
-    ----------
-    notebook: the notebook's stem (for messages and the papermill command it prints).
-    dataset, model: validated against ``datasets`` / ``models``.
-    mode: ``"inference"`` or ``"train"``.
-    smoke: a seconds-long run on generated fixtures (written into a temporary folder, as are its checkpoints).
-    data_dir: where the data is looked for (default: ``$LFXAI_DATA_DIR``, then ``<repo>/data``).  Smoke runs write
-        small generated fixtures (``smoke_fixtures``, default the dataset itself) into a temporary folder instead.
-    output_dir: results folder (default ``results/<notebook>/<dataset>[-<model>]``).
-    checkpoint_dir: default ``<repo>/checkpoints``; a smoke run uses a temporary folder.
-    n_epochs: train mode: override the paper's epoch budget of every model trained (recorded in the manifests).
-
     ``smoke``, ``seed``, ``device``, ``reuse_checkpoints`` and ``n_epochs`` are checked against their entries of
     :mod:`lfxai_utils.params` (a notebook has already checked all its parameters there before calling this).
+
+    Parameters
+    ----------
+    notebook
+        the notebook's stem (for messages and the papermill command it prints).
+    dataset, model
+        validated against ``datasets`` / ``models``.
+    mode
+        ``"inference"`` or ``"train"``.
+    smoke
+        a seconds-long run on generated fixtures (written into a temporary folder, as are its checkpoints).
+    data_dir
+        where the data is looked for (default: ``$LFXAI_DATA_DIR``, then ``<repo>/data``).  Smoke runs write
+        small generated fixtures (``smoke_fixtures``, default the dataset itself) into a temporary folder instead.
+    output_dir
+        results folder (default ``results/<notebook>/<dataset>[-<model>]``).
+    checkpoint_dir
+        default ``<repo>/checkpoints``; a smoke run uses a temporary folder.
+    n_epochs
+        train mode: override the paper's epoch budget of every model trained (recorded in the manifests).
     """
     from ..params import check_common
 
@@ -434,3 +436,24 @@ def setup(notebook: str, *, dataset: str, mode: str = "inference", smoke: bool =
     seed_everything(exp.seed)
     print(exp.describe())
     return exp
+
+
+def setup_notebook(module: Any, namespace: Mapping[str, Any], **extra: Any) -> Experiment:
+    """A claim notebook's set-up: its first code cell after the parameters runs
+    ``exp = common.setup_notebook(X, globals())`` (``X`` the notebook's claim module).
+
+    First :func:`lfxai_utils.params.check` validates every parameter of ``module.NOTEBOOK`` as set in ``namespace``
+    (a bad value raises ``ValueError`` naming it, before any folder is created or any data is read); then
+    :func:`setup` gets ``dataset``, ``model`` and the common parameters (``lfxai_utils.params.COMMON_NAMES``:
+    mode, smoke, seed, device, folders, ...) from ``namespace``, ``datasets=module.DATASETS``,
+    ``models=module.MODELS``, and ``extra`` (any other keyword argument of :func:`setup`, e.g. ``smoke_fixtures``).
+    """
+    from ..params import COMMON_NAMES, check
+
+    check(module.NOTEBOOK, namespace)
+    kwargs = {name: namespace[name] for name in ("dataset", "model", *COMMON_NAMES)}
+    kwargs.update(datasets=module.DATASETS, models=module.MODELS)
+    clash = sorted(set(extra) & set(kwargs) - {"datasets", "models"})
+    if clash:
+        raise TypeError(f"setup_notebook: {', '.join(clash)} come from the notebook's parameters, not from extra")
+    return setup(module.NOTEBOOK, **{**kwargs, **extra})

@@ -24,6 +24,7 @@ from ..metrics import saliency_metrics
 from ..plotting import PALETTE
 from ..report import Verdict, verdict_word
 from .common import Experiment, ModelSpec, check_choice, json_data_info
+from .spec import ClaimSpec
 from .feature_consistency import explained_set  # noqa: F401 (the notebook calls X.explained_set)
 
 NOTEBOOK = "claim3_disentanglement"
@@ -34,6 +35,7 @@ LOSSES = ("beta", "tc")
 LOSS_LABELS = {"beta": "β-VAE", "tc": "β-TCVAE"}
 LOSS_MODEL_NAMES = {"beta": "beta-vae", "tc": "tc-vae"}
 BETAS = (1, 5, 10)
+#: Runs per (loss, β) in the paper (``n_runs=None`` means this when training).
 N_RUNS = 5
 METHOD = "gradient_shap"
 METRICS = ("pearson", "spearman", "cosine", "entropy", "active_units")
@@ -66,7 +68,7 @@ VAE_SETTINGS: dict[str, VAESetting] = {
     "cifar100": VAESetting((3, 32, 32), 16, 300, "gaussian", 50_000),
 }
 
-#: FACT results/*/vae/metrics.csv, Pearson, mean ± population std over 5 runs (experiments.md §6).
+#: FACT ``results/*/vae/metrics.csv``, Pearson, mean ± population std over 5 runs (experiments.md §6).
 FACT_PEARSON: dict[str, dict[tuple[str, int], tuple[float, float]]] = {
     "mnist": {("beta", 1): (0.241, 0.028), ("beta", 5): (0.254, 0.027), ("beta", 10): (0.240, 0.046),
               ("tc", 1): (0.228, 0.023), ("tc", 5): (0.241, 0.027), ("tc", 10): (0.227, 0.045)},
@@ -344,9 +346,11 @@ def comparison_table(df: pd.DataFrame, dataset: str, metric: str = "pearson") ->
 
 #: Significance level of the one-sided permutation test for a decrease, and the least runs per (loss, β) cell.
 ALPHA = 0.05
+#: The least runs per (loss, β) cell for a verdict.
 MIN_RUNS = 3
 #: Above this many distinct arrangements of the β labels the permutation test is Monte Carlo (seeded).
 EXACT_MAX_ARRANGEMENTS = 100_000
+#: Random arrangements of the Monte Carlo permutation test.
 N_PERMUTATIONS = 20_000
 
 
@@ -477,6 +481,7 @@ def anchor_trend(dataset: str, loss: str) -> dict[str, Any] | None:
             "beta_max": float(hi["beta"]), "pooled_std": pooled, "testable": False}
 
 
+#: The page's criterion, as its verdicts state it.
 CRITERION = (f"rank test over runs, per loss: Spearman ρ between β and the Pearson correlation of every run; does "
              f"not hold when a one-sided permutation test (β labels permuted over the runs; exact up to "
              f"{EXACT_MAX_ARRANGEMENTS:,} arrangements) finds a decrease at p < {ALPHA}; holds when it does not and "
@@ -659,3 +664,10 @@ def warn_if_partial(df: pd.DataFrame) -> None:
         few = "a single run" if int(counts.min()) == 1 else f"{int(counts.min())} runs"
         warnings.warn(f"some (loss, β) cells have {few}: fewer than {MIN_RUNS} runs, so the rank test has no power "
                       f"and the verdict is inconclusive; use n_runs ≥ {MIN_RUNS}", UserWarning, stacklevel=2)
+
+
+# ------------------------------------------------------------------------------------------ the book's interface
+#: What the book and ``make checkpoints`` know of this page: the VAE grid (``betas`` × ``losses`` × ``n_runs``).
+SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
+                 checkpoint_params=("betas", "losses", "n_runs"), jobs=training_jobs,
+                 job_params=("betas", "losses", "n_runs"), train=train_job)

@@ -33,14 +33,16 @@ from ..metrics import pixel_pearson
 from ..plotting import PALETTE
 from ..report import Verdict, verdict_word
 from . import pretext as P
+from ..labels import FEATURE_METHOD_LABELS, labels_for
 from .common import Experiment, check_choice
+from .spec import ClaimSpec
 
 NOTEBOOK = "encoder_vs_decoder"
 DATASETS = P.DATASETS
 MODELS = (None,)
 METHODS = ("integrated_gradients", "gradient_shap", "saliency")
-METHOD_LABELS = {"integrated_gradients": "IG", "gradient_shap": "GradientSHAP", "saliency": "Saliency",
-                 "gradient_shap_as_published": "GradientSHAP (authors' pairing)"}
+#: (Integrated Gradients is abbreviated "IG" on this page's bar charts)
+METHOD_LABELS = labels_for(METHODS + ("gradient_shap_as_published",), FEATURE_METHOD_LABELS, integrated_gradients="IG")
 AE_TASKS = ("reconstruction", "denoising", "inpainting")
 #: FACT notebook cell 13 (experiments.md §7b): per-run values, runs 0–4, MNIST classifiers, 10,000 test images.
 #: Its GradientSHAP went through lfxai's mis-paired wrapper (experiments.md §0.1).
@@ -412,7 +414,7 @@ def plotly_bars(tab: pd.DataFrame, title: str = ""):
 def maps_figure(exp: Experiment, models: Mapping[tuple[int, str], tuple[nn.Module, dict]], x: Tensor, baseline,
                 positions: Sequence[int], *, ae_tasks: Sequence[str] = ("denoising",), method: str = "integrated_gradients",
                 batch_size: int = 128):
-    """Run 0: for a few test images, the encoder map and the full-model map of each model (normalised |attr|)."""
+    """Run 0: for a few test images, the encoder map and the full-model map of each model (normalised ``|attr|``)."""
     from ..plotting import to_display_image
 
     ts = tasks(ae_tasks)
@@ -443,3 +445,10 @@ def maps_figure(exp: Experiment, models: Mapping[tuple[int, str], tuple[nn.Modul
     fig.suptitle(f"{METHOD_LABELS[method]}: encoder vs full-model label-free importance (run 0)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------ the book's interface
+#: What the book and ``make checkpoints`` know of this page: the pretext page's classifiers and ``ae_tasks``
+#: autoencoders, runs 0..n_runs-1, trained by the pretext page's jobs (so no ``train`` of its own).
+SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
+                 checkpoint_params=("n_runs", "ae_tasks"), jobs=training_jobs, job_params=("n_runs", "ae_tasks"))

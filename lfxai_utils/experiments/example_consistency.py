@@ -23,7 +23,9 @@ from ..metrics import label_prior
 from ..plotting import image_grid, to_display_image
 from ..report import Verdict, verdict_word
 from . import feature_consistency as fc
+from ..labels import EXAMPLE_METHOD_LABELS, labels_for
 from .common import AE_SPECS, Experiment, ModelSpec, json_data_info
+from .spec import ClaimSpec
 
 NOTEBOOK = "claim1_example_consistency"
 CLAIM = "claim1"
@@ -34,8 +36,7 @@ LOSS_BASED = ("influence_functions", "tracin")
 REPRESENTATION_BASED = ("simplex", "dknn", "cosine_nn")
 #: SimCLR has no reconstruction loss: the authors ran only the representation-based explainers on it.
 SIMCLR_EXPLAINERS = REPRESENTATION_BASED
-EXPLAINER_LABELS = {"influence_functions": "Influence Functions", "tracin": "TracIn", "simplex": "SimplEx",
-                    "dknn": "DKNN", "cosine_nn": "CosineNN"}
+EXPLAINER_LABELS = labels_for(EXPLAINERS, EXAMPLE_METHOD_LABELS)
 TYPE_LABELS = {"most": "Most important", "least": "Least important"}
 FRACTIONS = (0.05, 0.1, 0.2, 0.5, 0.7, 1.0)
 #: TracIn checkpoints of the ECG all-beats autoencoder: every 25 epochs (the authors: every 10), to keep the shipped
@@ -156,8 +157,9 @@ def required_checkpoints(dataset: str, model: str | None = None) -> list[str]:
 def get_model(exp: Experiment, splits):
     """Load (inference) or train (train/smoke) the model this page explains.
 
-    MNIST, CIFAR and SimCLR reuse exactly the Claim 1.1 model (:func:`feature_consistency.get_model`); ECG5000 trains
-    its own LSTM autoencoder on all beats of the examples split (TracIn checkpoints every 25 epochs).
+    MNIST, CIFAR and SimCLR reuse exactly the Claim 1.1 model
+    (:func:`~lfxai_utils.experiments.feature_consistency.get_model`); ECG5000 trains its own LSTM autoencoder on all
+    beats of the examples split (TracIn checkpoints every 25 epochs).
     """
     if exp.dataset != "ecg5000" or exp.model is not None:
         return fc.get_model(exp, splits)
@@ -231,7 +233,8 @@ class Subsets:
 
 
 def capped_balanced_indices(labels: Tensor, n: int, n_classes: int, what: str) -> tuple[Tensor, str | None]:
-    """ORIG's class-balanced rule (:func:`class_balanced_indices`), capped at ``n_classes × smallest class``.
+    """ORIG's class-balanced rule (:func:`~lfxai_utils.data.class_balanced_indices`), capped at
+    ``n_classes × smallest class``.
 
     Returns the positions and, when the data held fewer examples than asked, a note saying so.
     """
@@ -559,9 +562,9 @@ def label_name(dataset: str, y: int) -> str:
 def examples_figures(dataset: str, sub: Subsets, scores: Mapping[str, Tensor], rows: Sequence[int], k: int = 3):
     """One figure per showcased test example: per explainer, its top-k and bottom-k training examples.
 
-    Images through :func:`plotting.image_grid`; series as small line plots (the test series in grey behind each
-    training series). Each training example is captioned
-    with its label, green when it matches the test example's, red otherwise. Returns a list of figures.
+    Images through :func:`~lfxai_utils.plotting.image_grid`; series as small line plots (the test series in grey
+    behind each training series). Each training example is captioned with its label, green when it matches the test
+    example's, red otherwise. Returns a list of figures.
     """
     names = list(scores)
     tb = {e: top_bottom(scores[e], rows, k) for e in names}
@@ -702,3 +705,9 @@ def verdicts(exp: Experiment, summary: pd.DataFrame, prior: float, n_train: int,
                            f"min(SimplEx, DKNN) most-important rate > max(IF, TracIn) at {p0:g} %",
                            verdict_word(holds)))
     return out
+
+
+# ------------------------------------------------------------------------------------------ the book's interface
+#: What the book and ``make checkpoints`` know of this page: one model per (dataset, model), no page parameter.
+SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
+                 jobs=training_jobs, train=train_job)

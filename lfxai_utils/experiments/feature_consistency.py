@@ -14,16 +14,16 @@ import torch
 from ..features import attribute_dataset
 from ..metrics import representation_shift
 from ..report import Verdict, verdict_word
+from ..labels import FEATURE_METHOD_LABELS, labels_for
 from .common import AE_SPECS, Experiment, ModelSpec, baseline_for, json_data_info
+from .spec import ClaimSpec
 
 NOTEBOOK = "claim1_feature_consistency"
 CLAIM = "claim1"
 DATASETS = ("mnist", "ecg5000", "cifar10", "cifar100")
 MODELS = (None, "simclr")
 METHODS = ("gradient_shap", "integrated_gradients", "saliency", "random")
-METHOD_LABELS = {"gradient_shap": "GradientSHAP", "integrated_gradients": "Integrated Gradients",
-                 "saliency": "Saliency", "random": "Random",
-                 "gradient_shap_as_published": "GradientSHAP (authors' pairing)"}
+METHOD_LABELS = labels_for(METHODS + ("gradient_shap_as_published",), FEATURE_METHOD_LABELS)
 FRACTIONS = (0.05, 0.1, 0.2, 0.5, 0.8, 1.0)
 #: SimCLR training (experiments.md §2): SGD-Nesterov lr 0.6, batch 512, 100 epochs, cosine schedule, no early stop.
 SIMCLR_SPEC = ModelSpec("simclr", {"latent_dim": 512, "projection_dim": 128, "temperature": 0.5}, n_epochs=100,
@@ -208,10 +208,10 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 def verdicts(exp: Experiment, df: pd.DataFrame) -> list[Verdict]:
     """Per attribution method: does it beat random masking at every 0 < p < 100 %?"""
     s = summarise(df)
-    rand = s[s.method == "Random"].set_index("percent")["mean"]
+    rand = s[s.method == METHOD_LABELS["random"]].set_index("percent")["mean"]
     model = exp.model or ("LSTM AE" if exp.dataset == "ecg5000" else "denoising AE")
     out = []
-    for m in ("GradientSHAP", "Integrated Gradients", "Saliency"):
+    for m in (METHOD_LABELS[k] for k in METHODS if k != "random"):
         mine = s[s.method == m].set_index("percent")["mean"]
         if mine.empty:
             continue
@@ -224,3 +224,9 @@ def verdicts(exp: Experiment, df: pd.DataFrame) -> list[Verdict]:
                            "larger than random at every p < 100 %", ANCHOR,
                            "mean shift above random's at every masked fraction 0 < p < 100 %", verdict_word(holds)))
     return out
+
+
+# ------------------------------------------------------------------------------------------ the book's interface
+#: What the book and ``make checkpoints`` know of this page: one model per (dataset, model), no page parameter.
+SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
+                 jobs=training_jobs, train=train_job)

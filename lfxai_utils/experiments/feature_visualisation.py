@@ -18,6 +18,7 @@ from ..report import Verdict
 from ..visualisation import PARAMETERISATIONS, VisualisationResult, leaky_encoder, maximise_units
 from . import disentanglement as D
 from .common import Experiment, check_choice
+from .spec import ClaimSpec
 
 NOTEBOOK = "claim3_feature_visualisation"
 DATASETS = ("mnist", "cifar10", "cifar100")
@@ -230,3 +231,10 @@ def verdicts(exp: Experiment, table: pd.DataFrame, similarity: pd.DataFrame) -> 
                     "activation reached by the unit's visualisation vs test images", ours, ANCHOR, ANCHOR_SOURCE,
                     "none: FACT states no testable claim about the pictures (qualitative extension), so the verdict "
                     "is inconclusive by construction", "inconclusive")]
+
+
+# ------------------------------------------------------------------------------------------ the book's interface
+#: What the book and ``make checkpoints`` know of this page: Claim 3's β-VAEs (run 0) at ``betas``, trained by
+#: Claim 3's jobs (so no ``train`` of its own).
+SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
+                 checkpoint_params=("betas",), jobs=training_jobs, job_params=("betas",))

@@ -5,7 +5,7 @@ run, three autoencoders (reconstruction, denoising, inpainting) and a classifier
 For each model we compute
 
 * the label-free feature importance of its **encoder** (for the classifier, the pre-head latent) on the explained
-  test images (|GradientSHAP| by default, zero baseline), and
+  test images (``|GradientSHAP|`` by default, zero baseline), and
 * the label-free example importance (DKNN by default) between the explained test images and the class-balanced
   training subset, with inputs in [0, 1] as in training (ORIG fed DKNN raw 0–255 pixels, experiments.md §12.2);
 
@@ -33,7 +33,9 @@ from ..features import attribute_dataset
 from ..metrics import correlation_matrices
 from ..plotting import to_display_image
 from ..report import Verdict, verdict_word
+from ..labels import EXAMPLE_METHOD_LABELS, FEATURE_METHOD_LABELS, labels_for
 from .common import Experiment, ModelSpec, check_choice, json_data_info
+from .spec import ClaimSpec
 
 NOTEBOOK = "claim2_pretext"
 CLAIM = "claim2-pretext"
@@ -44,15 +46,23 @@ TASK_LABELS = {"reconstruction": "Reconstruction", "denoising": "Denoising", "in
                "classifier": "Classification"}
 FEATURE_METHODS = ("gradient_shap", "integrated_gradients", "saliency", "random")
 EXAMPLE_METHODS = ("dknn", "simplex", "tracin", "influence_functions")
-FEATURE_LABELS = {"gradient_shap": "GradientSHAP", "integrated_gradients": "Integrated Gradients",
-                  "saliency": "Saliency", "random": "Random"}
-EXAMPLE_LABELS = {"dknn": "DKNN", "simplex": "SimplEx", "tracin": "TracIn", "influence_functions": "Influence functions"}
+FEATURE_LABELS = labels_for(FEATURE_METHODS, FEATURE_METHOD_LABELS)
+#: (this page writes "Influence functions", lower case, in its tables and figures)
+EXAMPLE_LABELS = labels_for(EXAMPLE_METHODS, EXAMPLE_METHOD_LABELS, influence_functions="Influence functions")
 #: Latent size and architectures per dataset (experiments.md §1.1, §5: MNIST d = 4; FACT CIFAR d = 16).
 ARCHS = {"mnist": ("mnist_ae", "mnist_classifier", 4), "cifar10": ("cifar_ae", "cifar_classifier", 16),
          "cifar100": ("cifar_ae", "cifar_classifier", 16)}
 N_EPOCHS, BATCH_SIZE, PATIENCE = 100, 300, 10
 #: Runs whose models keep TracIn checkpoints every 10 epochs (the method sweep's TracIn / influence functions).
 TRACIN_RUNS = (0, 1)
+#: Datasets whose sweep runs keep TracIn checkpoints: MNIST only (the book runs the sweep there). A CIFAR model's
+#: TracIn states are 4 MB each, and 2 runs × 4 models × 5 states would exceed CIFAR-10's 120 MiB budget alone.
+TRACIN_DATASETS = ("mnist",)
+
+
+def tracin_runs(dataset: str) -> tuple[int, ...]:
+    """The runs of ``dataset`` trained with TracIn checkpoints (:data:`TRACIN_RUNS` for MNIST, none elsewhere)."""
+    return TRACIN_RUNS if dataset in TRACIN_DATASETS else ()
 #: Runs of 4 models in the paper (``n_runs=None`` means this when training).
 N_RUNS = 5
 N_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -62,6 +72,7 @@ TASK_SEED_STRIDE = 100
 IG_INTERNAL_BATCH = 512
 #: Verdict bands on the mean off-diagonal Pearson correlation (our reading of the paper's words).
 MODERATE = (0.3, 0.7)
+#: Below this mean correlation the agreement is "low".
 LOW = 0.3
 FEATURE_ANCHOR = ("paper §4.2 (feature-importance Pearson table; its numbers are in the PDF only, no repository "
                   "stores them) and FACT abstract (iii): 'moderate correlation among the highest scored features' "
@@ -174,7 +185,7 @@ def get_models(exp: Experiment, splits, n_runs: int, *, tasks: Sequence[str] = T
     out = {}
     jobs = [(r, t) for r in range(n_runs) for t in tasks]
     for r, t in tqdm(jobs, desc="models", disable=not exp.progress):
-        spec = model_spec(exp.dataset, t, n_classes, r, tracin=r in TRACIN_RUNS or example_method == "tracin")
+        spec = model_spec(exp.dataset, t, n_classes, r, tracin=r in tracin_runs(exp.dataset) or example_method == "tracin")
         name = checkpoint(exp.dataset, t, r)
         out[(r, t)] = exp.get_model(name, spec, splits.train, data_info=info, fit_kwargs=fit_kwargs,
                                     seed=model_seed(exp.seed, r, t), desc=name)
@@ -190,7 +201,7 @@ def training_jobs(dataset: str, model: str | None = None, *, n_runs: int = 5, ta
     out = []
     for r in range(int(n_runs)):
         for t in tasks:
-            spec = model_spec(dataset, t, N_CLASSES[dataset], r, tracin=r in TRACIN_RUNS)
+            spec = model_spec(dataset, t, N_CLASSES[dataset], r, tracin=r in tracin_runs(dataset))
             name = checkpoint(dataset, t, r)
             expect = {"n_epochs": spec.n_epochs, "batch_size": spec.batch_size, "patience": spec.patience,
                       "checkpoint_every": spec.checkpoint_every}
@@ -213,7 +224,7 @@ def get_models_for(exp: Experiment, splits, pairs: Sequence[tuple[int, str]]) ->
     fit_kwargs = {"max_train_examples": 128} if exp.smoke else {}
     out = {}
     for r, t in pairs:
-        spec = model_spec(exp.dataset, t, n_classes, r, tracin=r in TRACIN_RUNS)
+        spec = model_spec(exp.dataset, t, n_classes, r, tracin=r in tracin_runs(exp.dataset))
         name = checkpoint(exp.dataset, t, r)
         out[(r, t)] = exp.get_model(name, spec, splits.train, data_info=info, fit_kwargs=fit_kwargs,
                                     seed=model_seed(exp.seed, r, t), desc=name)
@@ -258,7 +269,8 @@ def method_kwargs(method: str) -> dict[str, Any]:
 
 def feature_importance(exp: Experiment, model: nn.Module, x: Tensor, baseline, method: str, *, run: int = 0,
                        batch_size: int = 256) -> Tensor:
-    """|label-free attribution| of the model's encoder on ``x`` (the classifier's encoder is its pre-head latent)."""
+    """``|label-free attribution|`` of the model's encoder on ``x`` (the classifier's encoder is its pre-head
+    latent)."""
     gen = torch.Generator().manual_seed(exp.seed + run)
     a = attribute_dataset(model.encoder, x, method, baseline, batch_size=batch_size, device=exp.device,
                           progress=exp.progress, generator=gen, **method_kwargs(method))
@@ -698,3 +710,9 @@ def explorer(x_test: Tensor, y_test: Tensor, x_train: Tensor, y_train: Tensor, m
     box = w.VBox([pick, out])
     box.draw = draw  # for tests and scripted use
     return box
+
+
+# ------------------------------------------------------------------------------------------ the book's interface
+#: What the book and ``make checkpoints`` know of this page: ``n_runs`` runs of its four models.
+SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
+                 checkpoint_params=("n_runs",), jobs=training_jobs, job_params=("n_runs",), train=train_job)

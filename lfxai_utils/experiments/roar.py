@@ -34,14 +34,16 @@ from ..features import attribute_dataset
 from ..metrics import feature_scores, topk_mask
 from ..report import Verdict, verdict_word
 from ..training import evaluate_loss
+from ..labels import FEATURE_METHOD_LABELS, labels_for
 from .common import AE_SPECS, Experiment, ModelSpec, check_choice, json_data_info
+from .spec import ClaimSpec
 
 NOTEBOOK = "claim1_roar"
 CLAIM = "claim1-roar"
 DATASETS = ("mnist", "cifar10", "cifar100")
 MODELS = (None,)
 METHODS = ("gradient_shap", "integrated_gradients", "random")
-METHOD_LABELS = {"gradient_shap": "GradientSHAP", "integrated_gradients": "Integrated Gradients", "random": "Random"}
+METHOD_LABELS = labels_for(METHODS, FEATURE_METHOD_LABELS)
 PERCENTS = (10, 20, 50, 70, 100)
 #: Retraining seeds per (method, level): seed ``s`` retrains from the initial weights and data order of seed
 #: ``exp.seed + s`` (seed 0 = the base model's own initial weights, as ORIG; ORIG ran one seed).
@@ -448,6 +450,7 @@ def example_grid(x: Tensor, scores: Mapping[str, Tensor], percents: Sequence[int
 
 
 # ------------------------------------------------------------------------------------------ verdict
+#: The page's criterion, as its verdicts state it.
 CRITERION = ("at every informative removal level 0 < p < 100 % (degenerate levels, whose masks leave the same "
              "training images as removing every pixel or as a lower level, excluded), the model retrained without "
              "the method's top-p % pixels has a higher test MSE (unmasked test set) than the Random-mask model "
@@ -540,3 +543,11 @@ def train_job(exp: Experiment, method: str | None = None, percents: Sequence[int
     x = train_images(splits)
     scores = train_attributions(exp, base.encoder, x, [method], baseline_for(exp.dataset, splits))
     retrain(exp, splits, scores, percents, base_manifest, runs=range(validate_seeds(n_seeds)))
+
+
+# ------------------------------------------------------------------------------------------ the book's interface
+#: What the book and ``make checkpoints`` know of this page: the base model and every retrained one, for the page's
+#: methods, removal levels and seeds.
+SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
+                 checkpoint_params=("methods", "percents", "n_seeds"), jobs=training_jobs,
+                 job_params=("methods", "percents", "n_seeds"), train=train_job)

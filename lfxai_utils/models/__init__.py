@@ -2,7 +2,7 @@
 
 Each model has ``.encoder`` (the explained black box ``x -> latent``; for VAEs the latent mean) and a
 uniform ``loss(batch) -> scalar`` taking the ``(x, y)`` tuple of a data loader.  Build models by name
-with :func:`build_model` (names in :data:`ARCHITECTURES`).  ``SimCLR`` (torchvision) is imported lazily.
+with :func:`build_model` (names in ``ARCHITECTURES``).  ``SimCLR`` (torchvision) is imported lazily.
 """
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ class AutoEncoder(nn.Module):
 
     Parameters
     ----------
-    encoder, decoder:
+    encoder, decoder
         ``x -> z`` and ``z -> x_hat`` modules.  ``model.encoder`` is the black box that is explained.
-    pretext:
-        a perturbation module or its name (see :func:`~lfxai_utils.models.pretext.make_pretext`).
+    pretext
+        a perturbation module or its name (see :func:`~lfxai_utils.models.make_pretext`).
 
     Notes
     -----

@@ -95,7 +95,7 @@ def normalize_arch_kwargs(arch: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
-    """Build architecture ``arch`` (see :data:`ARCHITECTURES`) with keyword arguments ``kwargs``.
+    """Build architecture ``arch`` (see ``ARCHITECTURES``) with keyword arguments ``kwargs``.
 
     The model records ``model.arch`` and ``model.arch_kwargs`` (every argument, defaults included,
     JSON-serialisable) so that :mod:`lfxai_utils.checkpoints` can rebuild it.

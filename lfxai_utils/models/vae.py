@@ -35,14 +35,17 @@ def _check_img_size(img_size: Sequence[int]) -> tuple[int, int, int]:
 class EncoderBurgess(nn.Module):
     """Conv(C→32,k4,s2,p1) ×3 [+ ``conv_64`` for 64×64] → Linear(512→256) → Linear(256→256) → Linear(256→2d).
 
+    ``forward(x)`` returns μ; see the module docstring.
+
     Parameters
     ----------
-    img_size: ``(C, H, W)`` with H = W ∈ {32, 64}.
-    latent_dim: d.
-    leaky: use LeakyReLU(0.1) instead of ReLU (FACT, for feature visualisation only).  The flag holds no
+    img_size
+        ``(C, H, W)`` with H = W ∈ {32, 64}.
+    latent_dim
+        d.
+    leaky
+        use LeakyReLU(0.1) instead of ReLU (FACT, for feature visualisation only).  The flag holds no
         weights, so it can be flipped on a trained encoder: ``encoder.leaky = True``.
-
-    ``forward(x)`` returns μ; see the module docstring.
     """
 
     def __init__(self, img_size: Sequence[int] = (1, 32, 32), latent_dim: int = 10, leaky: bool = False) -> None:
@@ -182,7 +185,7 @@ class BetaTCVAELoss(nn.Module):
     ``is_mss=False`` (used by the experiments) is minibatch weighted sampling without the constant
     −log(N·B) (values shift, gradients do not), exactly as ORIG.  ``is_mss=True`` adds the
     stratified-sampling log weights, which need ``n_data`` (training-set size); it follows Chen et al.'s
-    reference code, not ORIG's two slips (see :func:`log_importance_weight_matrix` and
+    reference code, not ORIG's two slips (see ``log_importance_weight_matrix`` and
     :meth:`decomposition`), which only matter for MSS.
 
     ``forward(x, recon, mu, logvar, z)`` returns ``(loss, components)`` with components

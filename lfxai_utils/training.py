@@ -134,6 +134,79 @@ def _state_copy(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
+def _check_fit_args(model: nn.Module, n_epochs: int, batch_size: int, val_fraction: float,
+                    memory_format: str) -> str:
+    """Reject what :func:`fit` cannot train; returns the memory format (``"auto"`` resolved by :data:`FAST_PATH`)."""
+    if not callable(getattr(model, "loss", None)):
+        raise TypeError(f"{type(model).__name__} has no loss(batch) method; build models with "
+                        "lfxai_utils.models.build_model")
+    if n_epochs < 1 or batch_size < 1:
+        raise ValueError(f"n_epochs and batch_size must be positive; got {n_epochs}, {batch_size}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1); got {val_fraction}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory_format {memory_format!r}; valid: {', '.join(MEMORY_FORMATS)}")
+    if memory_format == "auto":
+        return FAST_PATH.get(getattr(model, "arch", None), "contiguous")
+    return memory_format
+
+
+def _split(train_data: Data, val_data: Data | None, val_fraction: float, max_train_examples: int | None,
+           gen: torch.Generator) -> tuple[_Source, _Source, Tensor, Tensor]:
+    """``(train source, validation source, train indices, validation indices)``: a seeded random ``val_fraction``
+    of ``train_data`` is held out unless ``val_data`` is given; at most ``max_train_examples`` are trained on."""
+    train = _Source(train_data)
+    perm = torch.randperm(train.n, generator=gen)
+    if val_data is None:
+        n_val = int(train.n * val_fraction)
+        if val_fraction > 0 and not 1 <= n_val < train.n:
+            raise ValueError(f"cannot hold out val_fraction={val_fraction} of {train.n} examples; "
+                             "pass val_data or change val_fraction")
+        val, val_idx, train_idx = train, perm[:n_val], perm[n_val:]
+    else:
+        val = _Source(val_data)
+        val_idx, train_idx = torch.arange(val.n), perm
+    if max_train_examples is not None:
+        train_idx = train_idx[:max_train_examples]
+    return train, val, train_idx, val_idx
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, scheduler: str | SchedulerFactory | None, total_steps: int,
+                    lr: float):
+    """The per-batch learning-rate schedule of :func:`fit` (``None``: constant)."""
+    if scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=lr * 1e-3)
+    if callable(scheduler):
+        return scheduler(opt, total_steps)
+    if scheduler is None:
+        return None
+    raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}, None or a callable")
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, batches, epoch: int, nhwc: bool) -> float:
+    """One pass over ``batches`` (train mode, one optimiser step each); the example-weighted mean training loss.
+    A NaN or infinite loss raises :class:`TrainingDivergedError` naming the epoch and batch."""
+    model.train()
+    total, count = 0.0, 0
+    for b, batch in enumerate(batches):
+        if nhwc and batch[0].dim() == 4:
+            batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+        loss = model.loss(batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"training loss is {value} at epoch {epoch}, batch {b} (lr={opt.param_groups[0]['lr']:g}); "
+                "lower the learning rate (e.g. lr/10) or check the inputs for NaN/inf values")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        n = len(batch[0])
+        total, count = total + value * n, count + n
+    return total / count
+
+
 def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val_fraction: float = 0.1,
         n_epochs: int, batch_size: int, lr: float = 1e-3, weight_decay: float = 1e-5, patience: int | None = 10,
         seed: int = 0, device: str | torch.device = "auto", checkpoint_every: int | None = None,
@@ -192,36 +265,13 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
     TrainingDivergedError
         when a loss is NaN or infinite (names the epoch and batch).
     """
-    if not callable(getattr(model, "loss", None)):
-        raise TypeError(f"{type(model).__name__} has no loss(batch) method; build models with "
-                        "lfxai_utils.models.build_model")
-    if n_epochs < 1 or batch_size < 1:
-        raise ValueError(f"n_epochs and batch_size must be positive; got {n_epochs}, {batch_size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1); got {val_fraction}")
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"unknown memory_format {memory_format!r}; valid: {', '.join(MEMORY_FORMATS)}")
-    if memory_format == "auto":
-        memory_format = FAST_PATH.get(getattr(model, "arch", None), "contiguous")
+    memory_format = _check_fit_args(model, n_epochs, batch_size, val_fraction, memory_format)
     nhwc = memory_format == "channels_last"
     dev = resolve_device(device)
     seed_everything(seed)
     split_gen = torch.Generator().manual_seed(seed)
     shuffle_gen = torch.Generator().manual_seed(seed + 1_000_003)
-
-    train = _Source(train_data)
-    perm = torch.randperm(train.n, generator=split_gen)
-    if val_data is None:
-        n_val = int(train.n * val_fraction)
-        if val_fraction > 0 and not 1 <= n_val < train.n:
-            raise ValueError(f"cannot hold out val_fraction={val_fraction} of {train.n} examples; "
-                             "pass val_data or change val_fraction")
-        val, val_idx, train_idx = train, perm[:n_val], perm[n_val:]
-    else:
-        val = _Source(val_data)
-        val_idx, train_idx = torch.arange(val.n), perm
-    if max_train_examples is not None:
-        train_idx = train_idx[:max_train_examples]
+    train, val, train_idx, val_idx = _split(train_data, val_data, val_fraction, max_train_examples, split_gen)
     n_train, n_val = len(train_idx), len(val_idx)
     n_batches = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
     if n_batches == 0:
@@ -231,14 +281,7 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
     if nhwc:
         model.to(memory_format=torch.channels_last)
     opt = _make_optimizer(model, optimizer, lr, weight_decay)
-    if scheduler == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs * n_batches, eta_min=lr * 1e-3)
-    elif callable(scheduler):
-        sched = scheduler(opt, n_epochs * n_batches)
-    elif scheduler is None:
-        sched = None
-    else:
-        raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}, None or a callable")
+    sched = _make_scheduler(opt, scheduler, n_epochs * n_batches, lr)
 
     history: list[dict[str, Any]] = []
     tracin: list[tuple[int, dict[str, Tensor]]] = []
@@ -247,26 +290,8 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
     bar = tqdm(range(n_epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
         order = train_idx[torch.randperm(n_train, generator=shuffle_gen)]
-        for b, batch in enumerate(train.batches(order, batch_size, dev, drop_last)):
-            if nhwc and batch[0].dim() == 4:
-                batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
-            loss = model.loss(batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDivergedError(
-                    f"training loss is {value} at epoch {epoch}, batch {b} (lr={opt.param_groups[0]['lr']:g}); "
-                    "lower the learning rate (e.g. lr/10) or check the inputs for NaN/inf values")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            n = len(batch[0])
-            total, count = total + value * n, count + n
-        train_loss = total / count
+        train_loss = _train_epoch(model, opt, sched, train.batches(order, batch_size, dev, drop_last), epoch, nhwc)
         val_loss = _mean_loss(model, val, val_idx, batch_size, dev) if n_val else None
         if val_loss is not None and not math.isfinite(val_loss):
             raise TrainingDivergedError(f"validation loss is {val_loss} at epoch {epoch}; lower the learning rate")

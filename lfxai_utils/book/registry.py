@@ -201,8 +201,6 @@ CPU_BUDGETS: dict[tuple[str, str], dict[str, Any]] = {
     # CPU, so they run on the first 100 subtrain (50 per class) x 100 test series with LiSSA depth 1 at the paper's
     # minibatch 20 (paper: 1000 x 1000, depth 100); the other explainers on the page's whole subsets
     ("claim1_example_consistency", "ecg5000"): {"if_recursion_depth": 1, "if_n_train": 100, "if_n_test": 100},
-    # ROAR: one retraining seed on the page until seeds 1-2 of the Random masks are trained (TRAIN_PARAMS trains 3)
-    ("claim1_roar", "mnist"): {"n_seeds": 1},
     ("claim2_pretext", "mnist"): {"n_explain": 1000},
     ("claim3_disentanglement", "mnist"): {"n_runs": 3, "n_explain": 1000},
     ("claim3_feature_visualisation", "mnist"): {},

@@ -100,22 +100,28 @@ def training_diagnostics(manifests: dict, paper_epochs: "int | Mapping[str, int]
     """How well trained a page's models are: counts of models stopped by early stopping, still improving at the
     end of their budget (best epoch = last epoch), and trained below the paper's epochs; and a sentence for verdicts.
 
-    A model is *converged* when early stopping ended its training (patience exhausted); a model whose budget ran
-    out while it was still improving is not, and a verdict resting on such models says so.
+    A model is *converged* when early stopping ended its training (patience exhausted). A model trained below the
+    paper's epochs is *undertrained* (``undertrained``) unless the paper's protocol would have stopped it within
+    its cut budget too: early stopping ended it, or its last ``patience`` epochs (the model's own setting, the
+    paper's) brought no new best. A verdict resting on an undertrained model is not like-for-like with the paper.
     """
     n = len(manifests)
-    improving, capped, stopped = [], [], []
+    improving, capped, stopped, under = [], [], [], []
     paper = {}
     for name, m in manifests.items():
         tr, st = m.get("training") or {}, m.get("settings") or {}
         paper[name] = paper_epochs.get(name) if isinstance(paper_epochs, Mapping) else paper_epochs
+        best, run = tr.get("best_epoch"), tr.get("epochs_run") or 0
         if tr.get("stopped_early"):
             stopped.append(name)
-        elif tr.get("best_epoch") is not None and tr.get("best_epoch") == (tr.get("epochs_run") or 0) - 1:
+        elif best is not None and best == run - 1:
             improving.append(name)
         if paper[name] and (st.get("n_epochs") or paper[name]) < paper[name]:
             capped.append(name)
-    under = [c for c in capped if c in improving]
+            patience = st.get("patience")
+            plateaued = best is not None and patience is not None and run - 1 - best >= patience
+            if not tr.get("stopped_early") and not plateaued:
+                under.append(name)
     parts = []
     if capped:
         budgets = sorted({(manifests[c].get("settings") or {}).get("n_epochs") for c in capped})
@@ -124,5 +130,9 @@ def training_diagnostics(manifests: dict, paper_epochs: "int | Mapping[str, int]
                      f"(paper: {', '.join(map(str, papers))})")
     if improving:
         parts.append(f"{len(improving)} of {n} still improving when their budget ran out (best epoch = last)")
+    cut = [u for u in under if u not in improving]
+    if cut:
+        parts.append(f"{len(cut)} of {n} cut by the epoch cap before the paper's early stopping would have ended "
+                     "them (a new best within the last `patience` epochs)")
     return {"n": n, "early_stopped": stopped, "still_improving": improving, "capped": capped,
             "undertrained": under, "sentence": "; ".join(parts)}

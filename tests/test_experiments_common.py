@@ -404,3 +404,22 @@ def test_get_model_training_is_seeded(tmp_path):
     info = common.json_data_info(splits)
     shas = [exp.get_model(name, _tiny_spec(), splits.train, data_info=info)[1]["file"]["sha256"] for name in "ab"]
     assert shas[0] == shas[1]
+
+
+def test_a_capped_model_counts_as_undertrained_unless_the_papers_early_stopping_would_have_ended_it():
+    """Best epoch 8 of 10 under a 10-epoch cap (paper: 100 epochs, patience 10) is not "still improving", but the
+    paper's training would have gone on: undertrained. Capped models that plateaued for `patience` epochs, or that
+    early stopping ended, are not; uncapped models never are."""
+    from lfxai_utils.report import training_diagnostics
+
+    def man(n_epochs, best, run, stopped=False, patience=10):
+        return {"settings": {"n_epochs": n_epochs, "patience": patience},
+                "training": {"best_epoch": best, "epochs_run": run, "stopped_early": stopped}}
+
+    manifests = {"cut": man(10, 8, 10), "last": man(10, 9, 10), "flat": man(30, 15, 30), "stopped": man(30, 5, 16, True),
+                 "full": man(100, 99, 100), "no_patience": man(10, 2, 10, patience=None)}
+    d = training_diagnostics(manifests, 100)
+    assert d["capped"] == ["cut", "last", "flat", "stopped", "no_patience"]
+    assert d["still_improving"] == ["last", "full"]
+    assert d["undertrained"] == ["cut", "last", "no_patience"]
+    assert "2 of 6 cut by the epoch cap before the paper's early stopping would have ended them" in d["sentence"]

@@ -361,9 +361,10 @@ class Experiment:
         return training_diagnostics(self.manifests, self.paper_epochs)
 
     def write_summary(self, verdicts: Sequence[Verdict]) -> pd.DataFrame:
-        """Write ``summary.csv``. A verdict resting on a model trained below the paper's epochs that was still
-        improving when its budget ran out is not like-for-like: it becomes "inconclusive", saying why and what the
-        criterion gave at this budget. Smoke runs never give a verdict."""
+        """Write ``summary.csv``. A verdict resting on a model trained below the paper's epochs whose training the
+        paper's early stopping would not yet have ended (:func:`~lfxai_utils.report.training_diagnostics`) is not
+        like-for-like: it becomes "inconclusive", saying why and what the criterion gave at this budget. Smoke runs
+        never give a verdict."""
         if self.smoke:
             verdicts = [replace(v, verdict="inconclusive",
                                 criterion=v.criterion + " [smoke run on generated data: no verdict]")
@@ -372,7 +373,8 @@ class Experiment:
             diag = self.training_diagnostics()
             if diag["undertrained"]:
                 note = (f" [not like-for-like: {diag['sentence']}; {len(diag['undertrained'])} model(s) trained "
-                        "below the paper's budget were still improving, so the claim is not tested yet]")
+                        "below the paper's budget had not converged by its early-stopping rule, so the claim is not "
+                        "tested yet]")
                 verdicts = [v if v.verdict == "inconclusive" else
                             replace(v, verdict="inconclusive", ours=v.ours + note + f" (at this budget the "
                                     f"criterion gives: {v.verdict})") for v in verdicts]

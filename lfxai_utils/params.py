@@ -312,7 +312,8 @@ def _own(notebook: str) -> dict[str, Spec]:
                 "example_method": Choice(values=tuple(X.EXAMPLE_METHODS)),
                 "n_explain": Int(min=2, none=True, doc="test images explained; None: the whole test set"),
                 "n_train": Int(min=2, doc="class-balanced training subset"),
-                "batch_size": batch}
+                "batch_size": batch,
+                "method_sweep": Bool(none=True, doc="None: on MNIST only")}
     if notebook == "claim3_disentanglement":
         return {**base, "betas": Numbers(item=Real(low=0.0), doc="the β grid"),
                 "losses": Names(values=tuple(X.LOSSES)),

@@ -295,6 +295,23 @@ def test_method_sweep_degrades_when_tracin_states_are_missing(tmp_path):
     assert "TracIn" in set(res.correlations.method)
 
 
+def test_method_sweep_runs_on_mnist_by_default_and_is_skipped_with_its_reason_elsewhere(tmp_path):
+    mnist, cifar = (_FakeExp(seed=0, device=CPU, progress=False, dataset=d, smoke=True, states={})
+                    for d in ("mnist", "cifar10"))
+    assert P.sweep_budget(mnist, 2, 20)["skip"] is None                            # None: MNIST runs it
+    assert P.sweep_budget(cifar, 2, 20, method_sweep=True)["skip"] is None         # True forces it
+    off = P.sweep_budget(mnist, 2, 20, method_sweep=False)["skip"]
+    assert off.startswith("method_sweep=False") and "-p method_sweep True" in off
+    skip = P.sweep_budget(cifar, 2, 20)["skip"]
+    assert "CIFAR-10" in skip and "MNIST only" in skip and "-p method_sweep True" in skip
+    # a skipped sweep computes nothing (models that would fail if called) and says why on every method's row
+    res = P.method_sweep(cifar, {}, None, None, budget=P.sweep_budget(cifar, 2, 20), x_features=None)
+    assert res.correlations.empty and len(res.status) == 7
+    assert (res.status.status == f"not run: {skip}").all()
+    tab = P.sweep_table(res)
+    assert (tab["Pearson, 6 pairs"] == "—").all() and tab.reading.str.startswith("not run: by default").all()
+
+
 # ------------------------------------------------------------------------------------------ figures and explorer
 def test_top_examples_and_explorer_show_the_argmax():
     torch.manual_seed(0)

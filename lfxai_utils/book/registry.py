@@ -206,7 +206,7 @@ CPU_BUDGETS: dict[tuple[str, str], dict[str, Any]] = {
     ("claim3_feature_visualisation", "mnist"): {},
     ("encoder_vs_decoder", "mnist"): {"n_explain": 1000},
     # CIFAR-10: the mirror's test split holds 1,000 images (all explained); models trained at the cut budgets of
-    # TRAIN_PARAMS, 2 runs where the paper (FACT) ran 5; no influence functions (LiSSA on the 0.5 M-parameter encoder)
+    # TRAIN_PARAMS, 2 runs where the paper (FACT) ran 5; no influence functions (LiSSA on the 0.6 M-parameter encoder)
     ("claim1_example_consistency", "cifar10"): {"explainers": "tracin,simplex,dknn,cosine_nn"},
     ("claim2_pretext", "cifar10"): {"n_runs": 2},
     ("claim3_disentanglement", "cifar10"): {"n_runs": 2},

@@ -33,7 +33,7 @@ from ..features import attribute_dataset
 from ..metrics import correlation_matrices
 from ..plotting import to_display_image
 from ..report import Verdict, verdict_word
-from ..labels import EXAMPLE_METHOD_LABELS, FEATURE_METHOD_LABELS, labels_for
+from ..labels import EXAMPLE_METHOD_LABELS, FEATURE_METHOD_LABELS, dataset_label, labels_for
 from .common import Experiment, ModelSpec, check_choice, json_data_info
 from .spec import ClaimSpec
 
@@ -482,10 +482,25 @@ class SweepResults:
     status: pd.DataFrame
 
 
-def sweep_budget(exp: Experiment, n_runs: int, n_explain: int) -> dict[str, Any]:
-    """What the sweep runs: runs, subset sizes and LiSSA budget (seconds-long in a smoke run), and the paper's."""
+def sweep_skip_reason(dataset: str, method_sweep: bool | None) -> str | None:
+    """Why the page skips the method sweep (``None``: it runs). ``method_sweep=None`` runs it on the datasets whose
+    sweep runs keep TracIn states (:data:`TRACIN_DATASETS`: MNIST) and skips it elsewhere; True / False force it."""
+    if method_sweep is True or (method_sweep is None and dataset in TRACIN_DATASETS):
+        return None
+    if method_sweep is False:
+        return "method_sweep=False (pass `-p method_sweep True` to run it)"
+    return (f"by default (method_sweep=None) the sweep runs on {', '.join(map(dataset_label, TRACIN_DATASETS))} "
+            f"only: on {dataset_label(dataset)} its models keep no TracIn states, and 3 feature methods on every "
+            f"model plus LiSSA on the 0.6 M-parameter encoder exceed this page's 2-core CPU budget; pass "
+            f"`-p method_sweep True` to run it (on a GPU)")
+
+
+def sweep_budget(exp: Experiment, n_runs: int, n_explain: int, method_sweep: bool | None = None) -> dict[str, Any]:
+    """What the sweep runs: runs, subset sizes and LiSSA budget (seconds-long in a smoke run), and the paper's;
+    ``skip`` says why it does not run at all (:func:`sweep_skip_reason`), else None."""
     depth, batch = SWEEP_LISSA
-    return {"runs": [r for r in TRACIN_RUNS if r < n_runs], "n_explain_features": n_explain,
+    return {"skip": sweep_skip_reason(exp.dataset, method_sweep),
+            "runs": [r for r in TRACIN_RUNS if r < n_runs], "n_explain_features": n_explain,
             "n_test": exp.size(SWEEP_N_TEST, 10), "n_train": exp.size(SWEEP_N_TRAIN, 20),
             "recursion_depth": exp.size(depth, 1), "hvp_batch_size": exp.size(batch, 8),
             "simplex_steps": exp.size(SWEEP_SIMPLEX_STEPS, 20),
@@ -505,18 +520,18 @@ def method_sweep(exp: Experiment, models: Mapping[tuple[int, str], tuple[nn.Modu
     """Every feature method on ``x_features`` and every example method on a class-balanced ``n_test × n_train``
     subset, for the runs of ``budget`` (:func:`sweep_budget`). A method that cannot run is not faked: TracIn on
     checkpoints saved without TracIn states gets a status ``not run: <reason>`` and no numbers."""
-    n_classes = n_classes_of(splits)
     runs = list(budget["runs"])
-    x_te, y_te, _ = explained_set(splits, budget["n_test"])
-    x_tr, y_tr, _ = subtrain(splits, budget["n_train"])
-    frames, status = [], []
-    if not runs:
-        reason = f"no run among {list(TRACIN_RUNS)} (the runs with TracIn checkpoints) was loaded"
+    if budget.get("skip") or not runs:
+        reason = budget.get("skip") or f"no run among {list(TRACIN_RUNS)} (the runs with TracIn checkpoints) was loaded"
         rows = [{"kind": k, "method": lab[m], "status": f"not run: {reason}"} for k, ms, lab in
                 (("features", SWEEP_FEATURE_METHODS, FEATURE_LABELS), ("examples", SWEEP_EXAMPLE_METHODS,
                                                                         EXAMPLE_LABELS)) for m in ms]
         return SweepResults(pd.DataFrame(columns=["kind", "metric", "run", "task_a", "task_b", "value", "method"]),
                             pd.DataFrame(rows))
+    n_classes = n_classes_of(splits)
+    x_te, y_te, _ = explained_set(splits, budget["n_test"])
+    x_tr, y_tr, _ = subtrain(splits, budget["n_train"])
+    frames, status = [], []
     for m in SWEEP_FEATURE_METHODS:
         for r in runs:
             maps = {t: feature_importance(exp, models[(r, t)][0], x_features, baseline, m, run=r,

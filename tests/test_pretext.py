@@ -350,3 +350,13 @@ def test_get_models_train_then_inference(tmp_path):
         torch.testing.assert_close(models[key][0].encoder(x), again[key][0].encoder(x))
     with pytest.raises(FileNotFoundError, match="papermill notebooks/claim2_pretext.ipynb"):
         P.get_models(inf, splits, 2, tasks=("reconstruction",))
+
+
+def test_a_single_run_shows_no_spread_and_is_inconclusive_with_the_face_value():
+    df = pd.concat([_corr_frame({0: 0.5}, "features"), _corr_frame({0: 0.5}, "features", "spearman"),
+                    _corr_frame({0: 0.2}, "examples"), _corr_frame({0: 0.5}, "examples", "spearman")])
+    vs = P.verdicts(_ns(), df, feature_method="gradient_shap", example_method="dknn", n_explain=100, n_train=100)
+    assert [v.verdict for v in vs] == ["inconclusive"] * 6
+    assert "Pearson 0.50 (1 run: no spread over runs;" in vs[0].ours and "±" not in vs[0].ours
+    assert "one run gives no spread over runs" in vs[0].ours and "at face value: holds" in vs[0].ours
+    assert "at face value: does not hold" in vs[5].ours                              # Spearman 0.5 is not low

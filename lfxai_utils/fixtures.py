@@ -169,67 +169,91 @@ def write_fixture(name: str, root: str | Path, *, n_train: int = 64, n_test: int
         raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     root = Path(root)
     rng = np.random.default_rng(seed)
-    written: list[Path] = []
     if name == "mnist":
-        folder = root / "MNIST" / "raw"
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, n in (("train", n_train), ("t10k", n_test)):
-            y = _balanced_labels(n, 10, rng)
-            x = _blobs(y, 10, 28, 1, rng)[:, 0]
-            _write_idx(folder / f"{split}-images-idx3-ubyte.gz", x, 2051)
-            _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y, 2049)
-            written += [folder / f"{split}-images-idx3-ubyte.gz", folder / f"{split}-labels-idx1-ubyte.gz"]
+        written = _write_mnist(root, n_train, n_test, rng)
     elif name in ("cifar10", "cifar100"):
-        C = 10 if name == "cifar10" else 100
-        folder = root / ("cifar-10-batches-py" if C == 10 else "cifar-100-python")
-        folder.mkdir(parents=True, exist_ok=True)
-        n_train, n_test = max(n_train, C), max(n_test, C)
-        batches = {}
-        for split, n in (("train", n_train), ("test", n_test)):
-            y = _balanced_labels(n, C, rng)
-            batches[split] = (_blobs(y, C, 32, 3, rng).reshape(n, 3072), y)
-        if C == 10:
-            x, y = batches["train"]
-            parts = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", ix)
-                     for i, ix in enumerate(np.array_split(np.arange(n_train), 5))]
-            parts.append(("test_batch", "testing batch 1 of 1", None))
-            for fname, label, ix in parts:
-                bx, by = (x[ix], y[ix]) if ix is not None else batches["test"]
-                d = {"batch_label": label, "labels": by.tolist(), "data": bx,
-                     "filenames": [f"fixture_{i}.png" for i in range(len(by))]}
-                with open(folder / fname, "wb") as f:
-                    pickle.dump(d, f, protocol=2)
-                written.append(folder / fname)
-            meta = {"num_cases_per_batch": int(np.ceil(n_train / 5)), "num_vis": 3072,
-                    "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                    "truck"]}
-            meta_name = "batches.meta"
-        else:
-            for split in ("train", "test"):
-                bx, by = batches[split]
-                d = {"filenames": [f"fixture_{i}.png" for i in range(len(by))], "batch_label": f"{split}ing batch 1 of 1",
-                     "fine_labels": by.tolist(), "coarse_labels": (by // 5).tolist(), "data": bx}
-                with open(folder / split, "wb") as f:
-                    pickle.dump(d, f, protocol=2)
-                written.append(folder / split)
-            meta = {"fine_label_names": [f"class_{i}" for i in range(100)],
-                    "coarse_label_names": [f"superclass_{i}" for i in range(20)]}
-            meta_name = "meta"
-        with open(folder / meta_name, "wb") as f:
-            pickle.dump(meta, f, protocol=2)
-        written.append(folder / meta_name)
+        written = _write_cifar(root, 10 if name == "cifar10" else 100, n_train, n_test, rng)
     elif name == "ecg5000":
-        folder = root / "ECG5000"
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, n in (("TRAIN", n_train), ("TEST", n_test)):
-            y = rng.permutation(np.repeat(np.arange(1, 6), list(ecg_label_counts(n).values())))
-            written += _write_ecg(folder, split, _ecg_series(y, rng), y, ecg_formats)
+        written = _write_ecg5000(root, n_train, n_test, rng, ecg_formats)
     else:
-        folder = root / "dsprites"
-        folder.mkdir(parents=True, exist_ok=True)
-        imgs, values, classes, metadata = _dsprites_arrays(n_train + n_test, rng)
-        np.savez_compressed(folder / DSPRITES_FILE, imgs=imgs, latents_values=values, latents_classes=classes,
-                            metadata=np.array(metadata, dtype=object))
-        written.append(folder / DSPRITES_FILE)
+        written = _write_dsprites(root, n_train + n_test, rng)
     _update_trust(root, written)
     return root
+
+
+def _write_mnist(root: Path, n_train: int, n_test: int, rng: np.random.Generator) -> list[Path]:
+    """MNIST's four gzipped IDX files (``MNIST/raw``) of digit-like blobs."""
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        y = _balanced_labels(n, 10, rng)
+        x = _blobs(y, 10, 28, 1, rng)[:, 0]
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", x, 2051)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y, 2049)
+        written += [folder / f"{split}-images-idx3-ubyte.gz", folder / f"{split}-labels-idx1-ubyte.gz"]
+    return written
+
+
+def _pickle(path: Path, obj) -> Path:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return path
+
+
+def _write_cifar(root: Path, C: int, n_train: int, n_test: int, rng: np.random.Generator) -> list[Path]:
+    """CIFAR-10 (5 training batches, a test batch, ``batches.meta``) or CIFAR-100 (``train``, ``test``, ``meta``)
+    in the official pickle layout; both splits hold at least one image per class."""
+    folder = root / ("cifar-10-batches-py" if C == 10 else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    n_train, n_test = max(n_train, C), max(n_test, C)
+    batches = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = _balanced_labels(n, C, rng)
+        batches[split] = (_blobs(y, C, 32, 3, rng).reshape(n, 3072), y)
+    written: list[Path] = []
+    if C == 10:
+        x, y = batches["train"]
+        parts = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", ix)
+                 for i, ix in enumerate(np.array_split(np.arange(n_train), 5))]
+        parts.append(("test_batch", "testing batch 1 of 1", None))
+        for fname, label, ix in parts:
+            bx, by = (x[ix], y[ix]) if ix is not None else batches["test"]
+            written.append(_pickle(folder / fname, {"batch_label": label, "labels": by.tolist(), "data": bx,
+                                                    "filenames": [f"fixture_{i}.png" for i in range(len(by))]}))
+        meta = {"num_cases_per_batch": int(np.ceil(n_train / 5)), "num_vis": 3072,
+                "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                "truck"]}
+        written.append(_pickle(folder / "batches.meta", meta))
+        return written
+    for split in ("train", "test"):
+        bx, by = batches[split]
+        written.append(_pickle(folder / split, {
+            "filenames": [f"fixture_{i}.png" for i in range(len(by))], "batch_label": f"{split}ing batch 1 of 1",
+            "fine_labels": by.tolist(), "coarse_labels": (by // 5).tolist(), "data": bx}))
+    meta = {"fine_label_names": [f"class_{i}" for i in range(100)],
+            "coarse_label_names": [f"superclass_{i}" for i in range(20)]}
+    written.append(_pickle(folder / "meta", meta))
+    return written
+
+
+def _write_ecg5000(root: Path, n_train: int, n_test: int, rng: np.random.Generator,
+                   formats: Sequence[str]) -> list[Path]:
+    """ECG5000's TRAIN and TEST files in each of ``formats`` (class counts of :func:`ecg_label_counts`)."""
+    folder = root / "ECG5000"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for split, n in (("TRAIN", n_train), ("TEST", n_test)):
+        y = rng.permutation(np.repeat(np.arange(1, 6), list(ecg_label_counts(n).values())))
+        written += _write_ecg(folder, split, _ecg_series(y, rng), y, formats)
+    return written
+
+
+def _write_dsprites(root: Path, n: int, rng: np.random.Generator) -> list[Path]:
+    """dSprites' single ``.npz`` of ``n`` images with its latent values, classes and metadata."""
+    folder = root / "dsprites"
+    folder.mkdir(parents=True, exist_ok=True)
+    imgs, values, classes, metadata = _dsprites_arrays(n, rng)
+    np.savez_compressed(folder / DSPRITES_FILE, imgs=imgs, latents_values=values, latents_classes=classes,
+                        metadata=np.array(metadata, dtype=object))
+    return [folder / DSPRITES_FILE]

@@ -28,7 +28,7 @@
 # * the label-free feature importance of its **encoder** (for the classifier: the latent before the head) on the
 #   explained test images — |GradientSHAP| with a zero baseline by default (`feature_method`);
 # * the label-free example importance — DKNN by default (`example_method`) — between the explained test images
-#   and the class-balanced training subset (`n_train` = 1,000: the first 100 images of each digit).
+#   and the class-balanced training subset (`n_train` = 1,000: the first 100 images of each class).
 #
 # Within a run, the four flattened importance arrays give a 4×4 Pearson and a 4×4 Spearman matrix; we report the
 # mean ± std (population std, as the authors) over runs.
@@ -175,7 +175,7 @@ if not plotting.in_book():
 # * runs 0 and 1 only — the runs whose models keep TracIn checkpoints (saved every 10 epochs during training);
 #   the paper ran 5;
 # * feature methods on the page's explained test images;
-# * example methods on a class-balanced subset of 100 test × 100 training images (10 per digit; the paper:
+# * example methods on a class-balanced subset of 100 test × 100 training images (10 per class; the paper:
 #   10,000 × 1,000), all four on the same subset so that they can be compared;
 # * TracIn and influence functions on each model's own training loss (MSE reconstruction for the autoencoders,
 #   cross-entropy for the classifier), gradients w.r.t. the encoder's parameters; influence functions with LiSSA

@@ -95,7 +95,7 @@ report.manifest_table({pretext.checkpoint(dataset, t, r): m for (r, t), (_, m) i
 # %% [markdown]
 # ## Explanations
 #
-# Run 0, a few test digits: for each model, the encoder's map next to the full model's map (Integrated Gradients,
+# Run 0, a few test images: for each model, the encoder's map next to the full model's map (Integrated Gradients,
 # brighter = more important), with their per-image correlation over the non-black pixels.
 
 # %%

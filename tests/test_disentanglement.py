@@ -222,6 +222,14 @@ def test_verdicts_per_loss():
     assert X.comparison_table(df, "cifar10")["FACT"].eq("—").all()
 
 
+def test_one_run_per_cell_shows_no_spread():
+    df = _df({("beta", 1): [0.20], ("beta", 5): [0.25], ("beta", 10): [0.30]})
+    v = X.verdicts(SimpleNamespace(dataset="mnist", seed=1), df)[0]
+    assert "± 0.000" not in v.ours and "β=1: 0.200 [units" in v.ours and "1 run: no spread over runs" in v.ours
+    assert v.verdict == "inconclusive"                                  # fewer than MIN_RUNS runs
+    assert X.comparison_table(df, "mnist").iloc[0, 2] == "0.200 (1 run)"
+
+
 def test_collapsed_units_make_the_verdict_inconclusive_and_say_why():
     vals = {("beta", 1): [0.20, 0.24, 0.22], ("beta", 5): [0.25, 0.27, 0.26], ("beta", 10): [0.22, 0.26, 0.30]}
     exp = SimpleNamespace(dataset="mnist", seed=1)

@@ -151,6 +151,23 @@ def test_verdicts():
     assert [v.verdict for v in cifar[:3]] == ["inconclusive"] * 3 and "MNIST numbers" in cifar[0].criterion
 
 
+def test_single_run_verdicts_give_no_interval_and_no_partial_reading():
+    rows = [("supervised", f"classifier ({h})", m, v, np.nan, 1, 0.0)
+            for h, v in (("softmax", 0.43), ("logits", 0.2)) for m in ("IG", "GradientSHAP (authors' pairing)")]
+    rows += [("unsupervised", "denoising AE", "IG", 0.6, np.nan, 1, 0.0)]
+    vs = E.verdicts(_exp(), _summary(rows), n_images=10)
+    assert all("± 0.000" not in v.ours and "1 run: no interval over runs" in v.ours for v in vs)
+    fact = [v for v in vs if v.anchor_source == E.FACT_SOURCE]
+    assert [v.verdict for v in fact] == ["holds", "holds"]          # FACT's interval + tolerance, our face value
+    partial = [v for v in vs if v.anchor_source != E.FACT_SOURCE]
+    assert len(partial) == 2 and {v.verdict for v in partial} == {"inconclusive"}  # the authors' pairing: FACT only
+    assert all("at face value: holds" in v.ours for v in partial)   # 0.2 and 0.6 < PARTIAL
+    # two runs: the interval is back and the partial reading applies
+    two = [r[:4] + (0.01, 2, 0.01) for r in rows]
+    vs2 = E.verdicts(_exp(), _summary(two), n_images=10)
+    assert "0.430 ± 0.010" in vs2[0].ours and {v.verdict for v in vs2} == {"holds"}
+
+
 def test_fact_is_held_against_the_softmax_head_only():
     # logits means far from FACT, softmax means on FACT: every FACT comparison holds, whatever the logits give
     rows = _rows_both_heads({"IG": 0.434, "Saliency": 0.176, "GradientSHAP (authors' pairing)": 0.337},

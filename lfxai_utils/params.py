@@ -299,6 +299,7 @@ def _own(notebook: str) -> dict[str, Spec]:
                 "if_scale": Real(low=0.0, doc="LiSSA scale"),
                 "if_n_train": Int(min=2, none=True, doc="influence functions: first subtrain examples; None: all"),
                 "if_n_test": Int(min=1, none=True, doc="influence functions: first test examples; None: all"),
+                "tracin_n_checkpoints": Int(min=1, none=True, doc="TracIn: evenly spaced saved checkpoints; None: all"),
                 "batch_size": batch}
     if notebook == "claim1_roar":
         return {**base, "methods": Names(values=tuple(X.METHODS)),

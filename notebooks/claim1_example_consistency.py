@@ -54,6 +54,7 @@ if_damp = 0.001            # LiSSA damping (paper: 1e-3)
 if_scale = 1000.0          # LiSSA scale (paper: 1000)
 if_n_train = None          # influence functions on the first if_n_train subtrain examples (None: all, as the paper)
 if_n_test = None           # ... and the first if_n_test test examples (None: all, as the paper)
+tracin_n_checkpoints = None  # TracIn sums over this many saved checkpoints, evenly spaced, the last included (None: all, as the paper)
 batch_size = 256           # examples per gradient / encoding chunk (memory only; results do not depend on it)
 mode = "inference"        # "inference": load the shipped checkpoints | "train": train every model the page needs
 smoke = False             # True: a seconds-long run on generated data with tiny models (proves the code runs, not the claim)
@@ -111,10 +112,12 @@ if if_sub is not None and "influence_functions" in plan["explainers"]:
 # %%
 net, manifest = X.get_model(exp, splits)
 name = X.checkpoint(dataset, model)
-checkpoints = X.tracin_states(exp, name) if "tracin" in plan["explainers"] else None
+checkpoints = X.tracin_states(exp, name, tracin_n_checkpoints) if "tracin" in plan["explainers"] else None
 if checkpoints:
-    print(f"TracIn: {len(checkpoints)} checkpoints saved during training, after epochs "
-          f"{[e for e in manifest['training']['tracin_epochs']]}")
+    saved = list(manifest["training"]["tracin_epochs"])
+    used = [saved[i] for i in X.spaced_subset(len(saved), tracin_n_checkpoints)]
+    print(f"TracIn: {len(saved)} checkpoints saved during training, after epochs {saved}"
+          + (f"; the CPU budget sums over {len(used)} of them, after epochs {used}" if len(used) < len(saved) else ""))
 report.manifest_table({name: manifest})
 
 # %% [markdown]

@@ -225,6 +225,21 @@ def test_tracin_states_error_names_the_fix(tmp_path):
         X.tracin_states(exp, "no-tracin")
     exp.get_model("with-tracin", spec.with_(checkpoint_every=1), splits.train, data_info=common.json_data_info(splits))
     assert len(X.tracin_states(exp, "with-tracin")) == 1                             # epoch 0 only
+    spec3 = spec.with_(n_epochs=5, checkpoint_every=1)
+    exp.get_model("five", spec3, splits.train, data_info=common.json_data_info(splits))
+    every = X.tracin_states(exp, "five")
+    picked = X.tracin_states(exp, "five", 3)
+    assert len(every) == 5 and len(picked) == 3
+    for got, want in zip(picked, (every[0], every[2], every[4])):                   # evenly spaced, last included
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_spaced_subset():
+    assert X.spaced_subset(5, 3) == [0, 2, 4] and X.spaced_subset(10, 4) == [0, 3, 6, 9]
+    assert X.spaced_subset(5, 2) == [0, 4] and X.spaced_subset(5, 1) == [4]
+    assert X.spaced_subset(5, None) == X.spaced_subset(5, 5) == X.spaced_subset(5, 9) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="at least one"):
+        X.spaced_subset(5, 0)
 
 
 def test_examples_figures_caption_matches(tmp_path):

@@ -199,13 +199,26 @@ def loss_kind(dataset: str) -> str:
     return "l1" if dataset == "ecg5000" else "mse"
 
 
-def tracin_states(exp: Experiment, name: str) -> list[dict[str, Tensor]]:
-    """The TracIn checkpoints saved with ``name`` (a clear error when there are none)."""
+def spaced_subset(n: int, k: int | None) -> list[int]:
+    """Indices of ``k`` of ``n`` items, evenly spaced from the first to the last (the last always included);
+    all ``n`` when ``k`` is None or at least ``n``; the last one alone when ``k == 1``."""
+    if k is None or k >= n:
+        return list(range(n))
+    if k < 1:
+        raise ValueError(f"need at least one checkpoint, got {k}")
+    if k == 1:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def tracin_states(exp: Experiment, name: str, n_checkpoints: int | None = None) -> list[dict[str, Tensor]]:
+    """The TracIn checkpoints saved with ``name`` (a clear error when there are none); with ``n_checkpoints``,
+    that many of them, evenly spaced over training, the last included (:func:`spaced_subset`)."""
     states = exp.tracin_checkpoints(name)
     if not states:
         raise ValueError(f"checkpoint {name!r} was saved without TracIn checkpoints; retrain it "
                          f"({exp.papermill_command('train')}) or leave 'tracin' out of explainers")
-    return states
+    return [states[i] for i in spaced_subset(len(states), n_checkpoints)]
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -206,8 +206,9 @@ CPU_BUDGETS: dict[tuple[str, str], dict[str, Any]] = {
     ("claim3_disentanglement", "mnist"): {"n_runs": 3, "n_explain": 500},
     ("claim3_feature_visualisation", "mnist"): {},
     ("encoder_vs_decoder", "mnist"): {"n_explain": 500},
-    # CIFAR-10: the mirror's test split holds 1,000 images (all or a class-balanced part explained); models at the cut budgets of
-    # TRAIN_PARAMS, 2 runs where the paper (FACT) ran 5; no influence functions (LiSSA on the 0.6 M-parameter encoder)
+    # CIFAR-10: the mirror's test split holds 1,000 images (all, or a class-balanced part, explained); models trained
+    # at the cut budgets of TRAIN_PARAMS, 2 runs where the paper (FACT) ran 5; no influence functions (LiSSA on the
+    # 0.6 M-parameter encoder)
     # TracIn sums over 3 of the 5 saved checkpoints (after epochs 0, 4, 8): 170 s with all 5 on this CPU
     ("claim1_example_consistency", "cifar10"): {"explainers": "tracin,simplex,dknn,cosine_nn",
                                                 "tracin_n_checkpoints": 3},

@@ -42,6 +42,11 @@ def verdict_word(holds: bool | None) -> str:
     return "inconclusive" if holds is None else ("holds" if holds else "does not hold")
 
 
+def mean_pm(mean: float, spread: float, n_runs: int, digits: int = 3) -> str:
+    """``mean ± spread`` over ``n_runs`` runs; the mean alone for one run (a spread over one run is no spread)."""
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if int(n_runs) > 1 else f"{mean:.{digits}f}"
+
+
 def write_summary(verdicts: Sequence[Verdict], output_dir: str | Path) -> pd.DataFrame:
     """Write ``summary.csv`` (atomically) into ``output_dir`` and return it as a DataFrame."""
     df = pd.DataFrame([asdict(v) for v in verdicts], columns=SUMMARY_COLUMNS)

@@ -22,7 +22,7 @@ from ..data import class_balanced_indices
 from ..features import attribute_units_dataset
 from ..metrics import saliency_metrics
 from ..plotting import PALETTE
-from ..report import Verdict, verdict_word
+from ..report import Verdict, mean_pm, verdict_word
 from .common import Experiment, ModelSpec, check_choice, json_data_info
 from .spec import ClaimSpec
 from .feature_consistency import explained_set  # noqa: F401 (the notebook calls X.explained_set)
@@ -325,11 +325,6 @@ def units_in_use(df: pd.DataFrame) -> dict[tuple[str, float], list[int]]:
             for (l, b), g in df.groupby(["loss_key", "beta"])}
 
 
-def _mean_std(mean: float, std: float, n: int) -> str:
-    """``mean ± std``; the mean alone for one run (a population std over one run is 0, not a spread)."""
-    return f"{mean:.3f} ± {std:.3f}" if int(n) > 1 else f"{mean:.3f}"
-
-
 def comparison_table(df: pd.DataFrame, dataset: str, metric: str = "pearson") -> pd.DataFrame:
     """Ours beside FACT's, per loss and β: ``mean ± std (n runs)`` (population std for both), with the latent units
     in use of every run beside our number (of d; fewer means collapsed units)."""
@@ -343,7 +338,7 @@ def comparison_table(df: pd.DataFrame, dataset: str, metric: str = "pearson") ->
         f = fact.loc[key] if len(fact) and key in fact.index else None
         u = used.get((r.loss_key, float(r.beta)))
         rows.append({"loss": r.loss, "β": f"{r.beta:g}", f"ours ({METRIC_LABELS[metric]})":
-                     f"{_mean_std(r.mean, r.std, r.n)} ({r.n} run{'s' if r.n != 1 else ''})",
+                     f"{mean_pm(r.mean, r.std, r.n)} ({r.n} run{'s' if r.n != 1 else ''})",
                      f"latent units in use per run (of {d})": ",".join(map(str, u)) if u else "—",
                      "FACT": f"{f['mean']:.3f} ± {f['std']:.3f} ({FACT_RUNS} runs)" if f is not None else "—"})
     return pd.DataFrame(rows)
@@ -517,7 +512,7 @@ def verdicts(exp: Experiment, df: pd.DataFrame) -> list[Verdict]:
             u = used.get((loss, float(b)))
             return f" [units in use of {d}: {','.join(map(str, u))}]" if u else ""
 
-        per_beta = ", ".join(f"β={b:g}: {_mean_std(s.loc[b, 'mean'], s.loc[b, 'std'], s.loc[b, 'n'])}{units(b)}"
+        per_beta = ", ".join(f"β={b:g}: {mean_pm(s.loc[b, 'mean'], s.loc[b, 'std'], s.loc[b, 'n'])}{units(b)}"
                              for b in s.index)
         lo_n, hi_n = int(sub.groupby("beta").size().min()), int(sub.groupby("beta").size().max())
         runs = f"{lo_n}" if lo_n == hi_n else f"{lo_n}–{hi_n}"

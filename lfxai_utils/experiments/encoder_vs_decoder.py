@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..features import attribute_dataset
 from ..metrics import pixel_pearson
 from ..plotting import PALETTE
-from ..report import Verdict, verdict_word
+from ..report import Verdict, mean_pm, verdict_word
 from . import pretext as P
 from ..labels import FEATURE_METHOD_LABELS, labels_for
 from .common import Experiment, check_choice
@@ -295,8 +295,8 @@ def decoder_condition(head: nn.Module, z: Tensor, chunk: int = 512) -> Tensor:
 
 # ------------------------------------------------------------------------------------------ verdicts and figures
 def _mean_ci(row) -> str:
-    """``mean ± 1.96·SEM`` of a :func:`summarise` row; the mean alone for one run (no interval over runs)."""
-    return f"{row['mean']:.3f} ± {row['ci95']:.3f}" if int(row["count"]) > 1 else f"{row['mean']:.3f}"
+    """``mean ± 1.96·SEM`` of a :func:`summarise` row (:func:`~lfxai_utils.report.mean_pm`)."""
+    return mean_pm(row["mean"], row["ci95"], row["count"])
 
 
 def _over(n_runs: int, n_images: int) -> str:

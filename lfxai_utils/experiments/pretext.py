@@ -32,7 +32,7 @@ from ..data import class_balanced_indices
 from ..features import attribute_dataset
 from ..metrics import correlation_matrices
 from ..plotting import to_display_image
-from ..report import Verdict, verdict_word
+from ..report import Verdict, mean_pm, verdict_word
 from ..labels import EXAMPLE_METHOD_LABELS, FEATURE_METHOD_LABELS, dataset_label, labels_for
 from .common import Experiment, ModelSpec, check_choice, json_data_info
 from .spec import ClaimSpec
@@ -444,7 +444,7 @@ def verdicts(exp: Experiment, corr: pd.DataFrame, *, feature_method: str, exampl
         sp_runs = off_diagonal(corr, kind, "spearman")
         m, ae, sp = (float(v.mean()) for v in (per_run, ae_runs, sp_runs))
         sd, ae_sd, sp_sd = (float(v.std(ddof=0)) for v in (per_run, ae_runs, sp_runs))
-        pm = (lambda v, s: f"{v:.2f} ± {s:.2f}") if n_runs > 1 else (lambda v, s: f"{v:.2f}")
+        pm = lambda v, s: mean_pm(v, s, n_runs, digits=2)  # noqa: E731
         over = f"std over {n_runs} runs" if n_runs > 1 else "1 run: no spread over runs"
         rows = [(f"{method} correlation between tasks", "6 task pairs", "Pearson", m, sd,
                  f"mean off-diagonal Pearson {pm(m, sd)} ({over}; autoencoder pairs only "

@@ -112,7 +112,8 @@ for loss in X.LOSSES:
 
 # %%
 df = X.metrics_table(exp, vaes, x, batch_size=batch_size)
-X.warn_if_partial(df)
+if (note := X.partial_note(df)):
+    display(Markdown(f"**Note:** {note}."))
 exp.save_csv(df, "metrics.csv")   # written afresh on every run (the authors' file was appended to)
 pd.concat({m: X.summarise(df, m).set_index(["loss", "beta"])[["mean", "std", "n"]] for m in X.FIGURE_METRICS
            if df[m].notna().any()}, axis=1).round(3)

@@ -245,12 +245,12 @@ def test_fewer_than_three_runs_is_inconclusive():
     two = _df({("beta", 1): [0.2, 0.24], ("beta", 10): [0.3, 0.35]})
     v = X.verdicts(exp, two)[0]
     assert v.verdict == "inconclusive" and "fewer than 3 runs" in v.ours
-    with pytest.warns(UserWarning, match="fewer than 3 runs"):
-        X.warn_if_partial(two)
+    assert "2 runs: fewer than 3 runs" in X.partial_note(two)
     one = _df({("beta", 1): [0.2], ("beta", 10): [0.1]})
     assert [x.verdict for x in X.verdicts(exp, one)] == ["inconclusive"]
-    with pytest.warns(UserWarning, match="single run"):
-        X.warn_if_partial(one)
+    assert "a single run" in X.partial_note(one)
+    three = _df({("beta", 1): [0.2, 0.24, 0.3], ("beta", 10): [0.3, 0.35, 0.4]})
+    assert X.partial_note(three) is None
 
 
 def test_box_figures_show_every_run():

@@ -9,7 +9,6 @@ the maps of different units (each unit's maps pooled over all images); the paper
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -659,13 +658,17 @@ def plot_maps(exp: Experiment, vaes: Mapping[GridPoint, tuple[torch.nn.Module, d
     return dict(sorted(out.items()))
 
 
-def warn_if_partial(df: pd.DataFrame) -> None:
-    """Warn when some grid cell has fewer than :data:`MIN_RUNS` runs (the verdict is then inconclusive)."""
+def partial_note(df: pd.DataFrame) -> str | None:
+    """Why the verdict cannot hold when some grid cell has fewer than :data:`MIN_RUNS` runs, else ``None``.
+
+    A note for the page (shown as Markdown), not a warning: a warning would print into the book as stderr.
+    """
     counts = df.groupby(["loss_key", "beta"]).size()
-    if (counts < MIN_RUNS).any():
-        few = "a single run" if int(counts.min()) == 1 else f"{int(counts.min())} runs"
-        warnings.warn(f"some (loss, β) cells have {few}: fewer than {MIN_RUNS} runs, so the rank test has no power "
-                      f"and the verdict is inconclusive; use n_runs ≥ {MIN_RUNS}", UserWarning, stacklevel=2)
+    if not (counts < MIN_RUNS).any():
+        return None
+    few = "a single run" if int(counts.min()) == 1 else f"{int(counts.min())} runs"
+    return (f"some (loss, β) cells have {few}: fewer than {MIN_RUNS} runs, so the rank test has no power and the "
+            f"verdict is inconclusive; use n_runs ≥ {MIN_RUNS}")
 
 
 # ------------------------------------------------------------------------------------------ the book's interface

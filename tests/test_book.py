@@ -702,6 +702,43 @@ def test_threads_set_the_kernels_thread_count_in_a_sequential_build(repo, monkey
     assert [e["OMP_NUM_THREADS"] for e in fake.env] == ["1", "1"] and fake.most == 1
 
 
+def test_fresh_clone_orders_a_parallel_build_by_the_committed_timings(repo, monkeypatch):
+    """No state.json (a fresh clone): the longest pages of bench/results/book_timings.csv start first, so the two
+    workers do not end with the longest page alone; a page's last-build time, when present, comes before it."""
+    import papermill
+
+    from lfxai_utils.book import execution
+
+    chapters = [Chapter("Claim A", "claim_a", "claim_a", tuple(Page("claim_a", d, f"A: {d}") for d in
+                                                            ("mnist", "ecg5000", "cifar10", "cifar100")))]
+    write_nb(repo / "notebooks" / "claim_a.ipynb", "pass")
+    timings = repo / "bench" / "results" / "book_timings.csv"
+    timings.parent.mkdir(parents=True)
+    timings.write_text("page,status,seconds,when\nclaim_a__mnist,executed,5.0,t\nclaim_a__ecg5000,executed,30.0,t\n"
+                       "claim_a__cifar10,executed,300.5,t\nclaim_a__cifar100,not-run,,t\nbad,executed,x,t\n"
+                       "total: this build,,400.0,t\n")
+    assert Layout(repo).timings_file == timings
+    assert execution.recorded_seconds(timings) == {"claim_a__mnist": 5.0, "claim_a__ecg5000": 30.0,
+                                                   "claim_a__cifar10": 300.5}
+    assert execution.recorded_seconds(repo / "absent.csv") == {}
+    pages = chapters[0].pages
+    rec = execution.recorded_seconds(timings)
+    assert execution._longest_first(pages, {}, rec) == [2, 1, 0, 3]
+    assert execution._longest_first(pages, {"claim_a__mnist": {"seconds": 999.0}}, rec) == [0, 2, 1, 3]
+    assert execution._longest_first(pages, {}) == [0, 1, 2, 3]          # nothing known: the registry's order
+
+    class Recording(ConcurrentFakePapermill):
+        def __call__(self, src, out, parameters=None, **kw):
+            with self.lock:
+                self.started = getattr(self, "started", []) + [parameters["dataset"]]
+            return super().__call__(src, out, parameters, **kw)
+
+    fake = Recording(seconds=0.3)
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    book.run(["--no-html", "--jobs", "2"], registry=make_registry(chapters=chapters), layout=Layout(repo))
+    assert set(fake.started[:2]) == {"cifar10", "ecg5000"} and fake.started[2] == "mnist"
+
+
 def test_parallel_build_with_real_papermill(repo):
     """Two real kernels at once (papermill from two threads): both pages execute and write their summaries."""
     write_nb(repo / "notebooks" / "claim_a.ipynb", "import os; assert os.environ['LFXAI_BOOK'] == '1'", WRITE_SUMMARY)

@@ -401,8 +401,8 @@ def execute_pages(pages: Sequence[Page], *, mode: str = "inference", jobs: int =
     The pages of an inference build are independent (each reads the shipped checkpoints and writes only its own
     executed copy and results folder), so running several at once gives the same pages as running them one by one.
     Each kernel is started with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = cpu_count // jobs (unless already set), so
-    ``jobs`` kernels share the cores instead of oversubscribing them; the longest pages of the last build start
-    first. ``state`` is updated and saved (inference mode) as each page finishes. ``threads`` sets the kernels' thread
+    ``jobs`` kernels share the cores instead of oversubscribing them; the longest pages start first (their time in
+    the last build, else in the committed ``bench/results/book_timings.csv``, which a fresh clone has). ``state`` is updated and saved (inference mode) as each page finishes. ``threads`` sets the kernels' thread
     count whatever ``jobs`` is: the same count gives bit-identical numbers (a different one can change the last digits
     where float sums are reordered, e.g. over the feature-visualisation page's 1,000 Adam steps).
     """
@@ -450,7 +450,8 @@ def execute_pages(pages: Sequence[Page], *, mode: str = "inference", jobs: int =
             results = {p.key: one(i, p) for i, p in enumerate(pages, 1)}
         else:
             with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="lfxai-page") as pool:
-                futures = {pages[k].key: pool.submit(one, k + 1, pages[k]) for k in _longest_first(pages, state)}
+                order = _longest_first(pages, state, recorded_seconds(layout.timings_file))
+                futures = {pages[k].key: pool.submit(one, k + 1, pages[k]) for k in order}
                 results = {key: f.result() for key, f in futures.items()}
     return {p.key: results[p.key] for p in pages}
 
@@ -461,9 +462,37 @@ def _progress_line(o: Outcome) -> str:
     return f"{o.status}{detail}" + (f" ({'; '.join(brief(r) for r in o.reasons)})" if o.reasons else "")
 
 
-def _longest_first(pages: Sequence[Page], state: Mapping[str, dict]) -> list[int]:
-    """Indices of ``pages``, the longest of the last build first (a parallel build then ends soonest)."""
-    return sorted(range(len(pages)), key=lambda k: -float(state.get(pages[k].key, {}).get("seconds") or 0.0))
+def recorded_seconds(path: Path) -> dict[str, float]:
+    """``{page key: seconds}`` of the executed pages in a timings CSV (:func:`performance.write_timings`); ``{}``
+    when the file is missing or unreadable (it only orders a build)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
+    out = {}
+    for r in rows:
+        try:
+            if r.get("status") == "executed":
+                out[r["page"]] = float(r["seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _longest_first(pages: Sequence[Page], state: Mapping[str, dict],
+                   recorded: Mapping[str, float] | None = None) -> list[int]:
+    """Indices of ``pages``, the longest first (a parallel build then ends soonest): each page's time in the last
+    build (``state``), else in the committed timings (``recorded``: a fresh clone has no state), else 0."""
+    recorded = recorded or {}
+
+    def seconds(k: int) -> float:
+        key = pages[k].key
+        return float(state.get(key, {}).get("seconds") or recorded.get(key) or 0.0)
+
+    return sorted(range(len(pages)), key=lambda k: -seconds(k))
 
 
 def outcome_from_state(page: Page, state: Mapping[str, dict], layout: Layout) -> Outcome:

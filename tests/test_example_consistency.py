@@ -211,6 +211,14 @@ def test_explain_matches_the_library_and_brute_force(tmp_path):
     torch.testing.assert_close(scores["tracin"], g_te @ g_tr.T, rtol=1e-4, atol=1e-9)    # one checkpoint, lr 1
     assert scores["simplex"].shape == (5, 12)
     torch.testing.assert_close(scores["simplex"].sum(1), torch.ones(5))
+    # influence functions on a nested subset: its timings row counts that subset, the other rows the page's
+    small = X.nested_subset(sub, 6, 2)
+    s2, t2 = X.explain(exp, net, sub, ["influence_functions", "dknn"], hvp_x=x_tr, loss="mse", if_recursion_depth=1,
+                       if_batch_size=4, batch_size=5, if_subset=small)
+    assert s2["influence_functions"].shape == (2, 6) and s2["dknn"].shape == (5, 12)
+    assert t2.set_index("step")[["n_test", "n_train"]].to_dict("index") == {
+        "Influence Functions": {"n_test": 2, "n_train": 6}, "encoding (shared)": {"n_test": 5, "n_train": 12},
+        "DKNN": {"n_test": 5, "n_train": 12}}
     with pytest.raises(ValueError, match="TracIn needs the checkpoints"):
         X.explain(exp, net, sub, ["tracin"])
 

@@ -339,10 +339,11 @@ def explain(exp: Experiment, net, sub: Subsets, explainers: Sequence[str], *, hv
     rows = []
     latents = None
 
-    def timed(name: str, detail: str, fn):
+    def timed(name: str, detail: str, fn, on: Subsets = sub):
         t0 = time.perf_counter()
         out = fn()
-        rows.append({"step": name, "seconds": time.perf_counter() - t0, "detail": detail})
+        rows.append({"step": name, "n_test": on.n_test, "n_train": on.n_train,
+                     "seconds": time.perf_counter() - t0, "detail": detail})
         return out
 
     for e in explainers:
@@ -356,7 +357,7 @@ def explain(exp: Experiment, net, sub: Subsets, explainers: Sequence[str], *, hv
             scores[e] = timed(EXPLAINER_LABELS[e], detail, lambda: E.influence_functions(
                 net, loss, isub.x_train, isub.x_test, hvp_x, damp=if_damp, scale=if_scale,
                 recursion_depth=if_recursion_depth, batch_size=if_batch_size, seed=exp.seed, chunk_size=batch_size,
-                device=exp.device, progress=exp.progress))
+                device=exp.device, progress=exp.progress), on=isub)
         elif e == "tracin":
             if not tracin_checkpoints:
                 raise ValueError("TracIn needs the checkpoints saved during training (tracin_checkpoints=)")
@@ -379,10 +380,8 @@ def explain(exp: Experiment, net, sub: Subsets, explainers: Sequence[str], *, hv
             else:
                 scores[e] = timed(EXPLAINER_LABELS[e], "cosine similarity of latents",
                                   lambda: E.cosine_nn(h_train, h_test, device=exp.device))
-    timings = pd.DataFrame(rows, columns=["step", "seconds", "detail"])
-    timings.insert(1, "n_test", sub.n_test)
-    timings.insert(2, "n_train", sub.n_train)
-    return scores, timings
+    # each row counts the examples its step ran on (influence functions: ``if_subset`` when given)
+    return scores, pd.DataFrame(rows, columns=["step", "n_test", "n_train", "seconds", "detail"])
 
 
 # ------------------------------------------------------------------------------------------ the authors' train mode

@@ -463,8 +463,9 @@ def _progress_line(o: Outcome) -> str:
 
 
 def recorded_seconds(path: Path) -> dict[str, float]:
-    """``{page key: seconds}`` of the executed pages in a timings CSV (:func:`performance.write_timings`); ``{}``
-    when the file is missing or unreadable (it only orders a build)."""
+    """``{page key: seconds}`` of the executed pages in a timings CSV
+    (:func:`lfxai_utils.book.performance.write_timings`); ``{}`` when the file is missing or unreadable (it only
+    orders a build)."""
     import csv
 
     try:

@@ -402,7 +402,8 @@ def execute_pages(pages: Sequence[Page], *, mode: str = "inference", jobs: int =
     executed copy and results folder), so running several at once gives the same pages as running them one by one.
     Each kernel is started with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = cpu_count // jobs (unless already set), so
     ``jobs`` kernels share the cores instead of oversubscribing them; the longest pages start first (their time in
-    the last build, else in the committed ``bench/results/book_timings.csv``, which a fresh clone has). ``state`` is updated and saved (inference mode) as each page finishes. ``threads`` sets the kernels' thread
+    the last build, else in the committed ``bench/results/book_timings.csv``, which a fresh clone has). ``state``
+    is updated and saved (inference mode) as each page finishes. ``threads`` sets the kernels' thread
     count whatever ``jobs`` is: the same count gives bit-identical numbers (a different one can change the last digits
     where float sums are reordered, e.g. over the feature-visualisation page's 1,000 Adam steps).
     """

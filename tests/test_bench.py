@@ -262,8 +262,16 @@ def test_render_performance_uses_the_builds_total_row(tmp_path):
                   "status": ["executed", "cached", ""], "seconds": [100.0, 20.0, 150.0]}).to_csv(
         tmp_path / "book_timings.csv", index=False)
     page = render_performance(tmp_path)
-    assert "Whole build (the `total` row): 150 s (2.5 min), of which executing the pages took 120 s" in page
+    # b was cached: its 20 s are from an earlier build, not this one's
+    assert "Whole build (the `total` row): 150 s (2.5 min), of which executing the pages took 100 s" in page
     assert "Sum of the `seconds` column" not in page
+    pd.DataFrame({"page": ["a", "b", "total: this build (2 pages + HTML, 2 pages at once, 2 CPU cores, no GPU)"],
+                  "status": ["executed", "executed", ""], "seconds": [100.0, 80.0, 110.0]}).to_csv(
+        tmp_path / "book_timings.csv", index=False)
+    page = render_performance(tmp_path)      # two at once: the pages' times overlap, so no "of which"
+    assert "150 s" not in page and "of which" not in page
+    assert "Whole build (the `total` row): 110 s (1.8 min), 2 pages at a time; the executed pages' own times sum " \
+           "to 180 s." in page
 
 
 def test_bench_refuses_random_images_unless_asked(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -180,10 +181,17 @@ def render_performance(results_dir: Path, page_dir: Path | None = None) -> str:
             is_total = bt.iloc[:, 0].astype(str).str.startswith(TIMINGS_TOTAL)
             if is_total.any():  # written by `python -m lfxai_utils.book --record-timings`: the build's own wall time
                 total = float(bt.loc[is_total, "seconds"].iloc[-1])
-                pages = bt.loc[~is_total, "seconds"].sum()
-                lines += [f"Whole build (the `total` row): {total:,.0f} s ({total / 60:.1f} min), of which executing "
-                          f"the pages took {pages:,.0f} s; the rest is checking data and checkpoints and building "
-                          "the HTML.", ""]
+                ran = ~is_total & (bt["status"].astype(str) == "executed" if "status" in bt.columns else True)
+                pages = bt.loc[ran, "seconds"].sum()     # a cached page's seconds are from an earlier build
+                at_once = re.search(r"(\d+) pages at once", str(bt.loc[is_total].iloc[-1, 0]))
+                if at_once and int(at_once.group(1)) > 1:
+                    lines += [f"Whole build (the `total` row): {total:,.0f} s ({total / 60:.1f} min), "
+                              f"{at_once.group(1)} pages at a time; the executed pages' own times sum to "
+                              f"{pages:,.0f} s.", ""]
+                else:
+                    lines += [f"Whole build (the `total` row): {total:,.0f} s ({total / 60:.1f} min), of which "
+                              f"executing the pages took {pages:,.0f} s; the rest is checking data and checkpoints "
+                              "and building the HTML.", ""]
             else:
                 lines += [f"Sum of the `seconds` column: {bt['seconds'].sum():,.0f} s ({bt['seconds'].sum() / 60:.1f} min).", ""]
     else:

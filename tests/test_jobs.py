@@ -265,3 +265,19 @@ def test_killing_the_runner_stops_its_workers(tmp_path):
     finally:
         if runner.poll() is None:
             runner.kill()
+
+
+def test_job_patterns_pick_jobs_and_bring_their_dependencies():
+    jobs = T.page_jobs(_pages("claim1_roar__mnist", "claim3_disentanglement__mnist"))
+    (vae,) = T.select_jobs(jobs, ["beta-vae_beta5_run3"])
+    assert vae.key == "claim3-disvae_mnist_beta-vae_beta5_run3" and not vae.after
+    picked = T.select_jobs(jobs, ["random-10_run0"])
+    assert [j.key for j in picked] == ["claim1-roar_mnist_reconstruction-ae",        # ROAR's base model, first
+                                       "claim1-roar_mnist_reconstruction-ae_random-10_run0"]
+    assert set(picked[-1].after) <= {n for j in picked for n in j.names}
+    assert T.select_jobs(jobs, ["no-such-job"]) == []
+
+
+def test_a_job_pattern_that_matches_nothing_is_an_error(capsys):
+    assert T.main(["--only", "claim3_disentanglement__mnist", "--job", "no-such-job", "--list"]) == 2
+    assert "no job key contains 'no-such-job'" in capsys.readouterr().err

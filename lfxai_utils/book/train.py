@@ -167,6 +167,21 @@ def select_pages(pages, patterns: Sequence[str]) -> list:
     return list(out.values())
 
 
+def select_jobs(jobs: Sequence[TrainJob], patterns: Sequence[str]) -> list[TrainJob]:
+    """The jobs whose key contains a pattern, with the jobs they depend on (``after``, transitively), in the
+    order of ``jobs``; a dependency that is current is skipped later like any current job."""
+    by_name = {n: j for j in jobs for n in j.names}
+    keep: set[str] = set()
+    stack = [j for j in jobs if any(s in j.key for s in patterns)]
+    while stack:
+        j = stack.pop()
+        if j.key in keep:
+            continue
+        keep.add(j.key)
+        stack.extend(by_name[d] for d in j.after if d in by_name)
+    return [j for j in jobs if j.key in keep]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``make checkpoints`` / ``make checkpoints-list``: ``python -m lfxai_utils.book.train [options]``."""
     ap = argparse.ArgumentParser(prog="python -m lfxai_utils.book.train", description=__doc__.split("\n\n")[0])
@@ -180,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--log-dir", default=str(LOG_DIR), help="one log file per job (default _build/train-logs)")
     ap.add_argument("--max-jobs", type=int, default=None, help="start at most this many jobs (cheapest first)")
+    ap.add_argument("--job", action="append", default=[],
+                    help="of the selected pages' jobs, only those whose key contains this (repeatable), e.g. "
+                         "--job beta5_run3; a chosen job's missing or stale dependencies are trained with it")
     args = ap.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         ap.error("--jobs and --threads must be positive")
@@ -192,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = page_jobs(pages)
     memo: dict = {}
     states = {j.key: job_state(j, ckpt, data_dir, memo) for j in jobs}
+    if args.job:
+        jobs = select_jobs(jobs, args.job)
+        if not jobs:
+            print(f"no job key contains {' or '.join(map(repr, args.job))} (see --list)", file=sys.stderr)
+            return 2
     todo = [j for j in jobs if states[j.key][0] in ("missing", "stale")]
     nodata = [j for j in jobs if states[j.key][0] == "no-data"]
     if args.list:

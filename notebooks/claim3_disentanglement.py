@@ -65,12 +65,6 @@ from lfxai_utils.experiments import common, disentanglement as X
 
 exp = common.setup_notebook(X, globals())   # checks every parameter's type and range, then creates the folders
 
-n_runs = exp.resolve_runs(n_runs, X.N_RUNS,
-                          lambda k: X.required_checkpoints(dataset, betas=betas, losses=losses, n_runs=k))
-points = X.grid(betas, losses, exp.size(n_runs, min(int(n_runs), 2)))
-print(f"{len(points)} VAEs: {len(set(p.loss for p in points))} losses × {len(set(p.beta for p in points))} β × "
-      f"{len(set(p.run for p in points))} runs")
-
 # %% [markdown]
 # ## Data
 
@@ -86,24 +80,33 @@ print(f"{len(splits.train):,} training and {len(splits.test):,} test images of s
 # %% [markdown]
 # ## Models
 #
-# Burgess VAEs (latent dimension d as in the paper: 3 for MNIST, 6 for dSprites, 16 for CIFAR).
+# Burgess VAEs (latent dimension d as in the paper: 3 for MNIST, 6 for dSprites, 16 for CIFAR). In inference mode
+# the page uses the complete runs trained as `make checkpoints` trains them now, and never mixes models trained
+# differently: while a grid is being retrained, the older runs are left out (the note below names them and why).
 
 # %%
+runs = X.select_runs(exp, splits, n_runs, betas, losses)
+if runs.note:
+    display(Markdown(runs.note))
+points = X.grid(betas, losses, exp.size(runs.runs, runs.runs[:2]))
+first_run = points[0].run
+print(f"{len(points)} VAEs: {len(set(p.loss for p in points))} losses × {len(set(p.beta for p in points))} β × "
+      f"{len(set(p.run for p in points))} runs")
 vaes = X.get_vaes(exp, splits, points)
 report.manifest_table({m["name"]: m for _, m in vaes.values()})
 
 # %% [markdown]
 # ## Explanations
 #
-# Per-unit saliency maps of a few test images for run 0 of each loss: one row per (β, image), the image and then
-# one map per latent unit (each row on its own colour scale). If disentangling made units specialise, the units'
-# maps of one image would light up different pixels at larger β.
+# Per-unit saliency maps of a few test images for the first run used, for each loss: one row per (β, image), the
+# image and then one map per latent unit (each row on its own colour scale). If disentangling made units
+# specialise, the units' maps of one image would light up different pixels at larger β.
 
 # %%
 for loss in X.LOSSES:
     if loss in {p.loss for p in points}:
-        maps = X.plot_maps(exp, vaes, x_plot, loss)
-        fig = X.saliency_figure(x_plot, maps, title=f"{X.LOSS_LABELS[loss]}, run 0 — {exp.label}")
+        maps = X.plot_maps(exp, vaes, x_plot, loss, run=first_run)
+        fig = X.saliency_figure(x_plot, maps, title=f"{X.LOSS_LABELS[loss]}, run {first_run} — {exp.label}")
         exp.save_figure(fig, f"unit_saliency_{loss}")
         plt.show()
 

@@ -234,6 +234,33 @@ def test_required_checkpoints_see_the_page_parameters(repo):
     assert seen == [{"dataset": "mnist", "mode": "inference", "n_runs": 2}]
 
 
+def test_optional_checkpoints_join_the_fingerprint_when_present_and_are_never_required(repo):
+    """A page that picks its runs among those shipped (Claim 3): a newly landed run changes its fingerprint, so an
+    incremental build executes it again; an absent optional run does not make the page not-ready."""
+    reg = Registry([], lambda *a: [], lambda nb, ds, m, params: ["run0"],
+                   lambda nb, ds, m, params: ["run0", "run1", "run2"])
+    page = Page("claim_a", "mnist", "A")
+    for name in ("run0", "run1"):
+        (repo / "checkpoints" / f"{name}.pt").write_bytes(b"w")
+        (repo / "checkpoints" / f"{name}.json").write_text('{"file": 1}')
+    r = book.check_page(page, registry=reg, layout=Layout(repo))
+    assert r.ready and sorted(r.fingerprint["checkpoints"]) == ["run0", "run1"]
+    before = r.fingerprint
+    (repo / "checkpoints" / "run1.json").write_text('{"file": 2}')      # run 1 retrained
+    assert book.check_page(page, registry=reg, layout=Layout(repo)).fingerprint != before
+    assert reg.page_optional_checkpoints(page) == ["run1", "run2"]     # the required ones are not repeated
+
+
+def test_claim3_pages_fingerprint_every_run_they_may_pick():
+    from lfxai_utils.book.registry import default_registry
+
+    reg = default_registry()
+    (page,) = [p for c in reg.chapters for p in c.pages if p.key == "claim3_disentanglement__mnist"]
+    optional = reg.page_optional_checkpoints(page)
+    assert "claim3-disvae_mnist_tc-vae_beta10_run4" in optional
+    assert not set(optional) & set(reg.page_checkpoints(page))
+
+
 def test_readiness_with_data_and_checkpoints(repo):
     from lfxai_utils.fixtures import write_fixture
 

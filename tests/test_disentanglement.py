@@ -43,6 +43,8 @@ def test_checkpoint_names_and_required_checkpoints():
         "claim3-disvae_mnist_beta-vae_beta1_run0", "claim3-disvae_mnist_beta-vae_beta5_run0"]
     assert [(p.loss, p.beta, p.run) for p in X.grid("10,1", ["tc"], 2)] == [
         ("tc", 1.0, 0), ("tc", 1.0, 1), ("tc", 10.0, 0), ("tc", 10.0, 1)]
+    assert [(p.loss, p.beta, p.run) for p in X.grid([5], ["beta", "tc"], [0, 3])] == [   # the runs a page selected
+        ("beta", 5.0, 0), ("beta", 5.0, 3), ("tc", 5.0, 0), ("tc", 5.0, 3)]
     assert X.data_requirements("mnist") == [("mnist", {"image_size": 32})]
     assert X.data_requirements("dsprites") == [("dsprites", {})]
 
@@ -51,8 +53,11 @@ def test_checkpoint_names_and_required_checkpoints():
     (dict(losses=["beta", "kl"]), "'beta', 'tc'"),
     (dict(betas=[1, 0]), "positive"),
     (dict(betas=[5, 5]), "distinct"),
-    (dict(n_runs=0), "positive integer"),
-    (dict(n_runs=1.5), "positive integer"),
+    (dict(runs=0), "positive integer"),
+    (dict(runs=1.5), "positive integer"),
+    (dict(runs=[0, 0]), "distinct run numbers"),
+    (dict(runs=[]), "distinct run numbers"),
+    (dict(runs=[-1]), "distinct run numbers"),
 ])
 def test_bad_grid_parameters_name_the_valid_values(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -67,7 +72,7 @@ def test_bad_dataset_names_the_valid_values():
 def test_model_seed_formula_and_distinct_over_the_grid():
     assert X.model_seed(1, "tc", 5, 2) == 1 + 2000 + 500 + 50
     assert X.model_seed(1, "beta", 1, 0) == 11
-    seeds = [X.model_seed(1, p.loss, p.beta, p.run) for p in X.grid(n_runs=5)]
+    seeds = [X.model_seed(1, p.loss, p.beta, p.run) for p in X.grid(runs=5)]
     assert len(set(seeds)) == 30
 
 

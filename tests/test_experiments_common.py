@@ -423,3 +423,58 @@ def test_a_capped_model_counts_as_undertrained_unless_the_papers_early_stopping_
     assert d["still_improving"] == ["last", "full"]
     assert d["undertrained"] == ["cut", "last", "no_patience"]
     assert "2 of 6 cut by the epoch cap before the paper's early stopping would have ended them" in d["sentence"]
+
+
+def _write_manifest(ckpt, name, *, sha="new", n_epochs=100):
+    """A minimal valid checkpoint (manifest + .pt) trained on data file ``sha`` for ``n_epochs``."""
+    from lfxai_utils.checkpoints import FORMAT, checkpoint_paths
+
+    pt, js = checkpoint_paths(ckpt, name)
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    pt.write_bytes(b"x")
+    js.write_text(json.dumps({"format": FORMAT, "file": {}, "settings": {"n_epochs": n_epochs, "patience": 10},
+                              "data": {"files": [{"path": "d.bin", "sha256": sha}], "n_train": 54000}}))
+
+
+def test_select_runs_never_mixes_models_trained_differently(tmp_path):
+    """A grid being retrained run by run: the page uses the complete *current* runs (what `make checkpoints` leaves
+    alone), else the largest set of stale runs trained alike; a half-retrained run is never used."""
+    from lfxai_utils.experiments.jobs import TrainJob
+
+    names = {r: [f"m{t}_run{r}" for t in "ab"] for r in range(5)}
+    jobs = [TrainJob("claim3_disentanglement", "mnist", None, (n,), {"run": r}, ("mnist", {}),
+                     expect={n: {"n_epochs": 100}}) for r in range(5) for n in names[r]]
+    info = {"files": [{"path": "d.bin", "sha256": "new"}], "n_train": 54000}
+    ckpt = tmp_path / "ckpt"
+    inf = _setup(tmp_path, mode="inference", checkpoint_dir=str(ckpt))
+
+    def select(n_runs=None):
+        return inf.select_runs(n_runs, 5, jobs, data_info=info)
+
+    with pytest.raises(CheckpointNotFoundError, match=r"run 0: incomplete \(0 of 2 models trained\).*-p mode train"):
+        select()
+    for r in range(3):                                   # runs 0-2: an old grid (other data file, 20 epochs)
+        for n in names[r]:
+            _write_manifest(ckpt, n, sha="old", n_epochs=20)
+    sel = select()
+    assert (sel.runs, sel.kind) == ([0, 1, 2], "stale") and "trained on other data files" in sel.note
+    assert sel.left_out == {3: "incomplete (0 of 2 models trained)", 4: "incomplete (0 of 2 models trained)"}
+    _write_manifest(ckpt, names[0][0])                   # run 0 half retrained: left out, runs 1-2 still alike
+    sel = select()
+    assert sel.runs == [1, 2] and sel.kind == "stale" and "trained differently" in sel.left_out[0]
+    _write_manifest(ckpt, names[0][1])                   # run 0 complete and current: it alone, never with 1-2
+    sel = select()
+    assert (sel.runs, sel.kind) == ([0], "current")
+    assert sel.left_out[1].startswith("stale (trained on other data files)") and "not mixed" in sel.left_out[2]
+    for n in names[3]:                                   # run 3 current too: runs need not be contiguous
+        _write_manifest(ckpt, n)
+    assert select().runs == [0, 3]
+    sel = select(1)                                      # n_runs caps the count (the lowest runs first)
+    assert sel.runs == [0] and sel.left_out[3] == "not needed (n_runs = 1)"
+    sel = select(3)                                      # asked for more than are trained alike: said so
+    assert sel.runs == [0, 3] and "`n_runs = 3` asked for 3: only 2 can be used" in sel.note
+    _write_manifest(ckpt, names[4][0], n_epochs=50)      # another budget: stale by its settings, incomplete anyway
+    assert select().left_out[4] == "incomplete (1 of 2 models trained)"
+    # train mode and smoke runs train every run: 0..n-1
+    assert _setup(tmp_path, mode="train").select_runs(None, 5, jobs).runs == [0, 1, 2, 3, 4]
+    assert _setup(tmp_path, mode="train").select_runs(2, 5, jobs).kind == "train"

@@ -276,6 +276,14 @@ def test_job_patterns_pick_jobs_and_bring_their_dependencies():
                                        "claim1-roar_mnist_reconstruction-ae_random-10_run0"]
     assert set(picked[-1].after) <= {n for j in picked for n in j.names}
     assert T.select_jobs(jobs, ["no-such-job"]) == []
+    # the jobs train in the order of the patterns (here: run 3 before run 0), each pattern's in the page's order
+    keys = [j.key for j in T.select_jobs(jobs, ["_run3", "beta-vae_beta10_run0"])]
+    assert keys[:6] == [f"claim3-disvae_mnist_{m}_beta{b}_run3" for m in ("beta-vae", "tc-vae") for b in (1, 5, 10)]
+    assert keys[6:] == ["claim3-disvae_mnist_beta-vae_beta10_run0"]
+    # a dependency still comes before its dependent, whatever the pattern order
+    keys = [j.key for j in T.select_jobs(jobs, ["random-10_run0", "integrated-gradients-10_run0"])]
+    assert keys == ["claim1-roar_mnist_reconstruction-ae", "claim1-roar_mnist_reconstruction-ae_random-10_run0",
+                    "claim1-roar_mnist_reconstruction-ae_integrated-gradients-10_run0"]
 
 
 def test_a_job_pattern_that_matches_nothing_is_an_error(capsys):

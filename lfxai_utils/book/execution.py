@@ -114,6 +114,11 @@ def check_page(page: Page, mode: str = "inference", *, registry: Registry | None
             else:
                 fp["checkpoints"][name] = {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
                                            "size": pt.stat().st_size}
+        for name in registry.page_optional_checkpoints(page, mode):
+            pt, manifest = layout.checkpoints / f"{name}.pt", layout.checkpoints / f"{name}.json"
+            if pt.is_file() and manifest.is_file():
+                fp["checkpoints"][name] = {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                                           "size": pt.stat().st_size}
         if absent:
             reasons.append(f"checkpoints not shipped ({len(absent)}): {', '.join(absent)}")
         if unlisted:

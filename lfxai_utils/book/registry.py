@@ -82,12 +82,15 @@ class Registry:
 
     ``data_requirements(notebook, dataset, model)`` gives ``[(dataset name, load_dataset kwargs)]``;
     ``required_checkpoints(notebook, dataset, model, params)`` the checkpoint names the page loads with its papermill
-    parameters ``params``.
+    parameters ``params``; ``optional_checkpoints`` (same arguments) the ones it may load besides, when present
+    (a page that picks its runs among those shipped: their manifests join the page's fingerprint, so a new run
+    re-executes it).
     """
 
     chapters: Sequence[Chapter]
     data_requirements: Callable[[str, str, "str | None"], Sequence[tuple[str, Mapping[str, Any]]]]
     required_checkpoints: Callable[[str, str, "str | None", Mapping[str, Any]], Sequence[str]]
+    optional_checkpoints: Callable[[str, str, "str | None", Mapping[str, Any]], Sequence[str]] | None = None
 
     def page_data(self, page: Page) -> list[tuple[str, Mapping[str, Any]]]:
         """The data ``page`` loads."""
@@ -97,6 +100,14 @@ class Registry:
         """The checkpoints ``page`` loads, given its parameters in ``mode``."""
         return list(self.required_checkpoints(page.notebook, page.dataset, page.model, page.parameters(mode)))
 
+    def page_optional_checkpoints(self, page: Page, mode: str = "inference") -> list[str]:
+        """The checkpoints ``page`` may load besides :meth:`page_checkpoints` when they are present."""
+        if self.optional_checkpoints is None:
+            return []
+        required = set(self.page_checkpoints(page, mode))
+        return [n for n in self.optional_checkpoints(page.notebook, page.dataset, page.model, page.parameters(mode))
+                if n not in required]
+
 
 def default_registry() -> Registry:
     """:data:`BOOK_CHAPTERS`, with each page's needs from its claim module's ``SPEC``."""
@@ -105,6 +116,8 @@ def default_registry() -> Registry:
     return Registry(BOOK_CHAPTERS,
                     lambda notebook, dataset, model: spec_for(notebook).data_requirements(dataset, model),
                     lambda notebook, dataset, model, params: spec_for(notebook).required_checkpoints(dataset, model,
+                                                                                                     params),
+                    lambda notebook, dataset, model, params: spec_for(notebook).optional_checkpoints(dataset, model,
                                                                                                      params))
 
 

@@ -169,17 +169,25 @@ def select_pages(pages, patterns: Sequence[str]) -> list:
 
 def select_jobs(jobs: Sequence[TrainJob], patterns: Sequence[str]) -> list[TrainJob]:
     """The jobs whose key contains a pattern, with the jobs they depend on (``after``, transitively), in the
-    order of ``jobs``; a dependency that is current is skipped later like any current job."""
+    order of the patterns (the first pattern's jobs train first; within one pattern, and for the jobs of several,
+    the order of ``jobs``); a job's dependencies come before it. A dependency that is current is skipped later
+    like any current job."""
     by_name = {n: j for j in jobs for n in j.names}
-    keep: set[str] = set()
-    stack = [j for j in jobs if any(s in j.key for s in patterns)]
-    while stack:
-        j = stack.pop()
-        if j.key in keep:
-            continue
-        keep.add(j.key)
-        stack.extend(by_name[d] for d in j.after if d in by_name)
-    return [j for j in jobs if j.key in keep]
+    out: dict[str, TrainJob] = {}
+
+    def add(j: TrainJob) -> None:
+        if j.key in out:
+            return
+        for d in j.after:
+            if d in by_name:
+                add(by_name[d])
+        out[j.key] = j
+
+    for s in patterns:
+        for j in jobs:
+            if s in j.key:
+                add(j)
+    return list(out.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log-dir", default=str(LOG_DIR), help="one log file per job (default _build/train-logs)")
     ap.add_argument("--max-jobs", type=int, default=None, help="start at most this many jobs (cheapest first)")
     ap.add_argument("--job", action="append", default=[],
-                    help="of the selected pages' jobs, only those whose key contains this (repeatable), e.g. "
-                         "--job beta5_run3; a chosen job's missing or stale dependencies are trained with it")
+                    help="of the selected pages' jobs, only those whose key contains this (repeatable; jobs train in "
+                         "the order of the patterns), e.g. --job beta5_run3; a chosen job's missing or stale "
+                         "dependencies are trained with it (first)")
     args = ap.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         ap.error("--jobs and --threads must be positive")

@@ -175,6 +175,48 @@ def downloads_allowed() -> bool:
     return not (os.environ.get("LFXAI_BOOK") or os.environ.get("LFXAI_NO_DOWNLOAD"))
 
 
+def training_signature(manifest: Mapping[str, Any]) -> tuple:
+    """What makes two checkpoints "trained alike" for :meth:`Experiment.select_runs`: the data files (sha256), the
+    number of training examples, the epoch budget and the patience (not the seed, the identity or the outcome)."""
+    data = manifest.get("data") or {}
+    settings = manifest.get("settings") or {}
+    return (tuple(sorted(data_files(data).items())), json.dumps(data.get("n_train"), default=str),
+            settings.get("n_epochs"), settings.get("patience"))
+
+
+def _runs_text(runs: Sequence[int]) -> str:
+    return ", ".join(str(r) for r in runs)
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    """Which runs a page uses (:meth:`Experiment.select_runs`): ``kind`` is ``"current"`` (trained as ``make
+    checkpoints`` trains them now), ``"stale"`` (trained alike, but not as now) or ``"train"`` (train mode or a
+    smoke run: every run is trained); ``left_out`` says why each other run is not used; ``note`` is one Markdown
+    paragraph for the page."""
+
+    runs: list[int]
+    kind: str
+    left_out: dict[int, str]
+    note: str
+    stale_reason: str = ""
+
+    def describe(self, n_runs: int | None, paper: int, train_command: str) -> str:
+        k = len(self.runs)
+        how = {"current": "each trained as `make checkpoints` trains it now",
+               "stale": f"**stale** ({self.stale_reason}): no run is complete at the current settings, so these "
+                        "older models, trained alike, are used"}[self.kind]
+        out = [f"Runs used: **{_runs_text(self.runs)}** ({k} of the paper's {paper}), {how}."]
+        if n_runs is not None and k < int(n_runs):
+            out.append(f"`n_runs = {n_runs}` asked for {n_runs}: only {k} can be used.")
+        if self.left_out:
+            out.append("Left out: " + "; ".join(f"run {r}, {w}" for r, w in self.left_out.items()) + ".")
+        if self.kind == "stale" or any(not w.startswith("not needed") for w in self.left_out.values()):
+            out.append("A page never mixes models trained differently. `make checkpoints` trains the missing and "
+                       f"stale models (or: `{train_command}`).")
+        return " ".join(out)
+
+
 # ------------------------------------------------------------------------------------------ the experiment
 @dataclass
 class Experiment:
@@ -322,6 +364,81 @@ class Experiment:
         print(f"n_runs = None: the {k} run(s) whose checkpoints are in {_short(self.checkpoint_dir)} "
               f"(the paper: {paper}; `-p n_runs N` chooses)")
         return k
+
+    def select_runs(self, n_runs: int | None, paper: int, jobs: Sequence[Any], *,
+                    data_info: Mapping[str, Any] | None = None) -> "RunSelection":
+        """The runs a page uses, never mixing models trained differently.
+
+        ``jobs`` are the page's training jobs (:class:`~lfxai_utils.experiments.jobs.TrainJob`, each with a ``run``
+        in its selector) for at least ``max(paper, n_runs)`` runs; ``data_info`` the page's loaded data
+        (:func:`json_data_info`), so that nothing is loaded twice.
+
+        Train mode and smoke runs: runs ``0..n-1`` (``n_runs``, or the paper's ``paper`` for ``None``). Inference:
+        among the runs whose every checkpoint is in the checkpoint folder (*complete*), the **current** ones — each
+        checkpoint what ``make checkpoints`` would train now (:func:`~lfxai_utils.experiments.jobs.job_state`: same
+        data files and training budget) — or, when no run is current, the largest set of complete runs
+        whose checkpoints were all trained alike (:func:`training_signature`), labelled stale. A run whose own
+        checkpoints differ (half retrained) is never used. Of those, the lowest ``n_runs`` (``None``: all of them,
+        at most ``paper``); fewer than ``n_runs`` are used, and the note says why, when no more are trained alike.
+        ``CheckpointNotFoundError`` naming the train command when no run can be used.
+        """
+        if self.mode != "inference" or self.smoke:
+            k = paper if n_runs is None else int(n_runs)
+            return RunSelection(list(range(k)), "train", {}, "")
+        from .jobs import data_key, job_state
+
+        by_run: dict[int, list[Any]] = {}
+        for j in jobs:
+            by_run.setdefault(int(j.selector["run"]), []).append(j)
+        memo: dict = {}
+        if data_info is not None:
+            for j in jobs:
+                memo[data_key(j.data)] = dict(data_info)
+        left_out: dict[int, str] = {}
+        current, stale = [], {}
+        for r, js in sorted(by_run.items()):
+            states = [job_state(j, self.checkpoint_dir, self.data_dir, memo) for j in js]
+            n_have = sum(st != "missing" for st, _ in states)
+            if any(st == "no-data" for st, _ in states):
+                left_out[r] = "its data is not here"
+            elif n_have < len(states):
+                left_out[r] = f"incomplete ({n_have} of {len(states)} models trained)"
+            elif all(st == "current" for st, _ in states):
+                current.append(r)
+            else:
+                why = next(w for st, w in states if st == "stale").split(": ", 1)[-1]
+                try:
+                    sigs = {training_signature(read_manifest(self.checkpoint_dir, n)) for j in js for n in j.names}
+                except Exception as err:  # noqa: BLE001 - a corrupt manifest: the run cannot be used
+                    left_out[r] = f"a manifest cannot be read ({type(err).__name__}: {err})"
+                    continue
+                if len(sigs) == 1:
+                    stale[r] = (sigs.pop(), why)
+                else:
+                    left_out[r] = f"its models were trained differently (some retrained, some not: {why})"
+        if current:
+            kind, chosen = "current", current
+            for r, (_, why) in stale.items():
+                left_out[r] = f"stale ({why}): not mixed with the current runs"
+        elif stale:
+            groups: dict[Any, list[int]] = {}
+            for r, (sig, _) in stale.items():
+                groups.setdefault(sig, []).append(r)
+            kind, chosen = "stale", max(groups.values(), key=lambda g: (len(g), -g[0]))
+            for r, (_, why) in stale.items():
+                if r not in chosen:
+                    left_out[r] = f"trained differently from runs {_runs_text(chosen)} ({why})"
+        else:
+            raise CheckpointNotFoundError(
+                f"no complete run of this page's models for {self.label} in {_short(self.checkpoint_dir)} ("
+                + "; ".join(f"run {r}: {w}" for r, w in sorted(left_out.items()))
+                + f"); train them: {self.papermill_command('train')}")
+        want = paper if n_runs is None else int(n_runs)
+        for r in chosen[want:]:
+            left_out[r] = f"not needed (n_runs = {want})"
+        sel = RunSelection(chosen[:want], kind, dict(sorted(left_out.items())), "",
+                           stale[chosen[0]][1] if kind == "stale" else "")
+        return replace(sel, note=sel.describe(n_runs, paper, self.papermill_command("train")))
 
     def budget(self, spec: ModelSpec, fit_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`~lfxai_utils.training.fit` this run trains ``spec`` with."""

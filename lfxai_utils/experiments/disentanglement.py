@@ -22,7 +22,7 @@ from ..features import attribute_units_dataset
 from ..metrics import saliency_metrics
 from ..plotting import PALETTE
 from ..report import Verdict, mean_pm, verdict_word
-from .common import Experiment, ModelSpec, check_choice, json_data_info
+from .common import Experiment, ModelSpec, RunSelection, check_choice, json_data_info
 from .spec import ClaimSpec
 from .feature_consistency import explained_set  # noqa: F401 (the notebook calls X.explained_set)
 
@@ -127,10 +127,19 @@ def validate_grid(betas: Iterable[float] = BETAS, losses: Iterable[str] = LOSSES
     return tuple(sorted(betas)), losses, int(n_runs)
 
 
-def grid(betas: Iterable[float] = BETAS, losses: Iterable[str] = LOSSES, n_runs: int = N_RUNS) -> list[GridPoint]:
-    """Every (loss, β, run) of the experiment, loss-major then β then run (runs are numbered from 0)."""
-    betas, losses, n_runs = validate_grid(betas, losses, n_runs)
-    return [GridPoint(loss, beta, run) for loss in losses for beta in betas for run in range(n_runs)]
+def grid(betas: Iterable[float] = BETAS, losses: Iterable[str] = LOSSES,
+         runs: int | Sequence[int] = N_RUNS) -> list[GridPoint]:
+    """Every (loss, β, run) of the experiment, loss-major then β then run. ``runs``: how many (runs ``0..n-1``) or
+    which run numbers (e.g. ``[0, 3]``, as :func:`select_runs` picks them)."""
+    if isinstance(runs, Iterable) and not isinstance(runs, str):
+        runs = [int(r) for r in runs]
+        if not runs or len(set(runs)) != len(runs) or min(runs) < 0:
+            raise ValueError(f"runs must be distinct run numbers ≥ 0; got {runs}")
+        betas, losses, _ = validate_grid(betas, losses, 1)
+    else:
+        betas, losses, n = validate_grid(betas, losses, runs)
+        runs = list(range(n))
+    return [GridPoint(loss, beta, run) for loss in losses for beta in betas for run in runs]
 
 
 def checkpoint(dataset: str, loss: str, beta: float, run: int) -> str:
@@ -164,6 +173,12 @@ def required_checkpoints(dataset: str, model: str | None = None, *, betas: Itera
     None: the paper's :data:`N_RUNS`)."""
     points = grid(betas, losses, N_RUNS if n_runs is None else n_runs)
     return [checkpoint(dataset, p.loss, p.beta, p.run) for p in points]
+
+
+def candidate_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS,
+                          losses: Iterable[str] = LOSSES, n_runs: int | None = N_RUNS) -> list[str]:
+    """Every checkpoint :func:`select_runs` may pick from: the paper's :data:`N_RUNS` runs (or ``n_runs`` if more)."""
+    return required_checkpoints(dataset, model, betas=betas, losses=losses, n_runs=max(N_RUNS, int(n_runs or 0)))
 
 
 def vae_spec(dataset: str, loss: str, beta: float) -> ModelSpec:
@@ -206,6 +221,19 @@ def train_job(exp: Experiment, loss: str, beta: float, run: int) -> None:
     """Train (or load when current) one VAE of the grid."""
     splits = exp.load_data(**load_kwargs(exp.dataset))
     get_vae(exp, splits, GridPoint(loss, float(beta), int(run)))
+
+
+def select_runs(exp: Experiment, splits, n_runs: int | None, betas: Iterable[float] = BETAS,
+                losses: Iterable[str] = LOSSES) -> RunSelection:
+    """The runs the page uses (:meth:`~lfxai_utils.experiments.common.Experiment.select_runs` over this page's
+    jobs): in inference, the complete runs trained as ``make checkpoints`` trains them now — while the grid is being
+    retrained, the older runs are left out rather than mixed in, since a β trend across models trained differently
+    would measure the training, not β."""
+    if n_runs is not None:
+        validate_grid(betas, losses, n_runs)
+    k = max(N_RUNS, int(n_runs or 0))
+    return exp.select_runs(n_runs, N_RUNS, training_jobs(exp.dataset, betas=betas, losses=losses, n_runs=k),
+                           data_info=json_data_info(splits))
 
 
 def get_vaes(exp: Experiment, splits, points: Sequence[GridPoint]) -> dict[GridPoint, tuple[torch.nn.Module, dict]]:
@@ -675,4 +703,4 @@ def partial_note(df: pd.DataFrame) -> str | None:
 #: What the book and ``make checkpoints`` know of this page: the VAE grid (``betas`` × ``losses`` × ``n_runs``).
 SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
                  checkpoint_params=("betas", "losses", "n_runs"), jobs=training_jobs,
-                 job_params=("betas", "losses", "n_runs"), train=train_job)
+                 job_params=("betas", "losses", "n_runs"), train=train_job, optional=candidate_checkpoints)

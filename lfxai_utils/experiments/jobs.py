@@ -83,12 +83,18 @@ def with_epoch_cap(job: TrainJob, n_epochs: int | None) -> TrainJob:
                    cost_s=job.cost_s * min(1.0, cap / max(longest, 1)))
 
 
+def data_key(data: tuple[str, Mapping[str, Any]]) -> str:
+    """The key of a data requirement ``(dataset, load_dataset kwargs)`` in the ``memo`` of :func:`job_state` (a
+    caller that has loaded the data already puts its :func:`~lfxai_utils.experiments.common.json_data_info` there)."""
+    return json.dumps([data[0], dict(data[1])], sort_keys=True, default=str)
+
+
 def _data_info(data: tuple[str, Mapping[str, Any]], data_dir: Path | None, memo: dict) -> dict | None:
     """The manifest-style data description (:func:`json_data_info`) of a requirement; None if the data is absent."""
     from ..data import DatasetNotFoundError, load_dataset
     from .common import json_data_info
 
-    key = json.dumps([data[0], dict(data[1])], sort_keys=True, default=str)
+    key = data_key(data)
     if key not in memo:
         try:
             import warnings

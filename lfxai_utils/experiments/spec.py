@@ -23,7 +23,9 @@ class ClaimSpec:
     named in ``checkpoint_params`` (e.g. ``n_runs``, ``betas``); ``jobs(dataset, model, **kw)`` the
     :class:`~lfxai_utils.experiments.jobs.TrainJob` s that train them, with the page parameters named in
     ``job_params``. ``train(exp, **selector)`` trains one job whose ``notebook`` is this one (a page that loads
-    another notebook's models, e.g. the encoder-vs-full-model page, has none).
+    another notebook's models, e.g. the encoder-vs-full-model page, has none). ``optional(dataset, model, **kw)``
+    names the checkpoints a page may load besides the required ones when they are present (the book fingerprints
+    them).
     """
 
     notebook: str
@@ -35,6 +37,7 @@ class ClaimSpec:
     jobs: "Callable[..., Sequence[TrainJob]] | None" = None
     job_params: tuple[str, ...] = ()
     train: "Callable[..., None] | None" = None
+    optional: Callable[..., Sequence[str]] | None = None
 
     def data_requirements(self, dataset: str, model: str | None = None) -> list[tuple[str, dict[str, Any]]]:
         """The ``(dataset name, load_dataset kwargs)`` pairs a page on ``dataset`` (and ``model``) loads."""
@@ -45,6 +48,14 @@ class ClaimSpec:
         """The checkpoint names a page loads in inference mode; ``params`` are the page's papermill parameters (only
         those named in ``checkpoint_params`` are used, the others keep the notebook's defaults)."""
         return list(self.checkpoints(dataset, model, **self._pick(params, self.checkpoint_params)))
+
+    def optional_checkpoints(self, dataset: str, model: str | None = None,
+                             params: Mapping[str, Any] | None = None) -> list[str]:
+        """The checkpoints a page may load besides the required ones, when present (``optional``, called like
+        ``checkpoints``; e.g. the runs a page picks from: see ``Experiment.select_runs``)."""
+        if self.optional is None:
+            return []
+        return list(self.optional(dataset, model, **self._pick(params, self.checkpoint_params)))
 
     def training_jobs(self, dataset: str, model: str | None = None,
                       params: Mapping[str, Any] | None = None) -> list[TrainJob]:

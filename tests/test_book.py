@@ -259,6 +259,10 @@ def test_claim3_pages_fingerprint_every_run_they_may_pick():
     optional = reg.page_optional_checkpoints(page)
     assert "claim3-disvae_mnist_tc-vae_beta10_run4" in optional
     assert not set(optional) & set(reg.page_checkpoints(page))
+    from lfxai_utils.book.registry import checkpoint_users
+
+    assert checkpoint_users(reg)["claim3-disvae_mnist_tc-vae_beta10_run4"] == [
+        "claim3_disentanglement (mnist, if its run is picked)"]
 
 
 def test_readiness_with_data_and_checkpoints(repo):

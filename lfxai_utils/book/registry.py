@@ -123,17 +123,24 @@ def default_registry() -> Registry:
 
 def checkpoint_users(registry: Registry | None = None) -> dict[str, list[str]]:
     """Checkpoint name -> the book pages (``notebook (dataset)``) that load it in inference mode (with the pages' own
-    parameters; ``checkpoints/README.md`` lists them)."""
+    parameters; ``checkpoints/README.md`` lists them); a page that may load it, picking its runs among those shipped
+    (:meth:`Registry.page_optional_checkpoints`), is listed as ``notebook (dataset, if its run is picked)``."""
     registry = registry or default_registry()
     users: dict[str, list[str]] = {}
     for chapter in registry.chapters:
         for page in chapter.pages:
             try:
                 names = registry.required_checkpoints(page.notebook, page.dataset, page.model, page.params)
+                optional = ([] if registry.optional_checkpoints is None else
+                            registry.optional_checkpoints(page.notebook, page.dataset, page.model, page.params))
             except ImportError:   # a chapter whose module does not exist yet
                 continue
+            where = page.key.split('__', 1)[1]
             for name in names:
-                users.setdefault(name, []).append(f"{page.notebook} ({page.key.split('__', 1)[1]})")
+                users.setdefault(name, []).append(f"{page.notebook} ({where})")
+            for name in optional:
+                if name not in names:
+                    users.setdefault(name, []).append(f"{page.notebook} ({where}, if its run is picked)")
     return users
 
 

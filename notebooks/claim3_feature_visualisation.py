@@ -35,7 +35,7 @@
 # %% tags=["parameters"]
 dataset = "mnist"         # mnist | cifar10 | cifar100
 model = None              # only one model family here (Burgess β-VAEs)
-betas = [1, 5, 10]        # the β-VAEs drawn (run 0 of the Claim 3 grid)
+betas = [1, 5, 10]        # the β-VAEs drawn (run 0 of the Claim 3 grid, unless it is being retrained)
 units = None              # latent units drawn (None: all d of them; 0-based indices)
 n_steps = 1000            # Adam steps (FACT: 1000)
 lr = 0.05                 # Adam learning rate (lucent's default)
@@ -61,11 +61,9 @@ from lfxai_utils.experiments import common, feature_visualisation as X
 
 exp = common.setup_notebook(X, globals())   # checks every parameter's type and range, then creates the folders
 
-vis_points = X.points(betas)
 d = X.D.VAE_SETTINGS[dataset].latent_dim
 draw_units = X.validate(n_steps, lr, parameterisation, units, d)
 steps = exp.size(int(n_steps), 5)
-print(f"{len(vis_points)} β-VAEs × {len(draw_units)} units, {steps} Adam steps each")
 
 # %% [markdown]
 # ## Data
@@ -80,9 +78,16 @@ print(f"{len(splits.train):,} training and {len(test_x):,} test images of shape 
 # %% [markdown]
 # ## Models
 #
-# The β-VAEs of Claim 3 (run 0); in train mode they are trained exactly as that notebook does.
+# The β-VAEs of Claim 3 (run 0); in train mode they are trained exactly as that notebook does. While the Claim 3
+# grid is being retrained, run 0 is drawn only once all its β-VAEs are trained as `make checkpoints` trains them
+# now: the pictures of one figure never come from VAEs trained differently (the note below says which run is drawn).
 
 # %%
+run = X.select_run(exp, splits, betas)
+if run.note:
+    display(Markdown(run.note))
+vis_points = X.points(betas, run.runs[0])
+print(f"{len(vis_points)} β-VAEs (run {run.runs[0]}) × {len(draw_units)} units, {steps} Adam steps each")
 vaes = X.D.get_vaes(exp, splits, vis_points)
 report.manifest_table({m["name"]: m for _, m in vaes.values()})
 

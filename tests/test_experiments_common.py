@@ -471,6 +471,7 @@ def test_select_runs_never_mixes_models_trained_differently(tmp_path):
     assert select().runs == [0, 3]
     sel = select(1)                                      # n_runs caps the count (the lowest runs first)
     assert sel.runs == [0] and sel.left_out[3] == "not needed (n_runs = 1)"
+    assert "Run 3 is trained alike too; only the first 1 is used (`n_runs = 1`)." in sel.note and "Left out: run 1" in sel.note
     sel = select(3)                                      # asked for more than are trained alike: said so
     assert sel.runs == [0, 3] and "`n_runs = 3` asked for 3: only 2 can be used" in sel.note
     _write_manifest(ckpt, names[4][0], n_epochs=50)      # another budget: stale by its settings, incomplete anyway

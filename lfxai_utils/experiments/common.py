@@ -203,15 +203,20 @@ class RunSelection:
 
     def describe(self, n_runs: int | None, paper: int, train_command: str) -> str:
         k = len(self.runs)
-        how = {"current": "each trained as `make checkpoints` trains it now",
+        how = {"current": "trained as `make checkpoints` trains them now",
                "stale": f"**stale** ({self.stale_reason}): no run is complete at the current settings, so these "
                         "older models, trained alike, are used"}[self.kind]
-        out = [f"Runs used: **{_runs_text(self.runs)}** ({k} of the paper's {paper}), {how}."]
+        out = [f"Run{'s' if k > 1 else ''} used: **{_runs_text(self.runs)}** (the paper: {paper} runs), {how}."]
+        spare = [r for r, w in self.left_out.items() if w.startswith("not needed")]
+        other = {r: w for r, w in self.left_out.items() if r not in spare}
         if n_runs is not None and k < int(n_runs):
             out.append(f"`n_runs = {n_runs}` asked for {n_runs}: only {k} can be used.")
-        if self.left_out:
-            out.append("Left out: " + "; ".join(f"run {r}, {w}" for r, w in self.left_out.items()) + ".")
-        if self.kind == "stale" or any(not w.startswith("not needed") for w in self.left_out.values()):
+        if spare:
+            out.append(f"Run{'s' if len(spare) > 1 else ''} {_runs_text(spare)} {'are' if len(spare) > 1 else 'is'} "
+                       f"trained alike too; only the first {k} {'is' if k == 1 else 'are'} used (`n_runs = {n_runs}`).")
+        if other:
+            out.append("Left out: " + "; ".join(f"run {r}, {w}" for r, w in other.items()) + ".")
+        if self.kind == "stale" or other:
             out.append("A page never mixes models trained differently. `make checkpoints` trains the missing and "
                        f"stale models (or: `{train_command}`).")
         return " ".join(out)

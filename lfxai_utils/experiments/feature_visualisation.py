@@ -17,7 +17,7 @@ import torch
 from ..report import Verdict
 from ..visualisation import PARAMETERISATIONS, VisualisationResult, leaky_encoder, maximise_units
 from . import disentanglement as D
-from .common import Experiment, check_choice
+from .common import Experiment, RunSelection, check_choice, json_data_info
 from .spec import ClaimSpec
 
 NOTEBOOK = "claim3_feature_visualisation"
@@ -38,14 +38,29 @@ def data_requirements(dataset: str, model: str | None = None) -> list[tuple[str,
     return D.data_requirements(dataset, model)
 
 
-def points(betas: Iterable[float] = BETAS) -> list[D.GridPoint]:
-    """The visualised VAEs: β-VAE, run 0, at each β (the Claim 3 checkpoints)."""
-    return D.grid(betas, [LOSS], 1)
+def points(betas: Iterable[float] = BETAS, run: int = RUN) -> list[D.GridPoint]:
+    """The visualised VAEs: β-VAE, run ``run`` (0 unless it is being retrained: :func:`select_run`), at each β (the
+    Claim 3 checkpoints)."""
+    return D.grid(betas, [LOSS], [run])
+
+
+def select_run(exp: Experiment, splits, betas: Iterable[float] = BETAS) -> RunSelection:
+    """The run whose β-VAEs are drawn: run 0 when its β-VAEs are trained as ``make checkpoints`` trains them now;
+    otherwise the lowest run that is (or, when none is, whose β-VAEs were trained alike) — never β-VAEs of one
+    picture trained differently (:meth:`~lfxai_utils.experiments.common.Experiment.select_runs`)."""
+    return exp.select_runs(1, D.N_RUNS, D.training_jobs(exp.dataset, betas=betas, losses=[LOSS], n_runs=D.N_RUNS),
+                           data_info=json_data_info(splits))
 
 
 def required_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS) -> list[str]:
     check_choice("dataset", dataset, DATASETS)
     return [D.checkpoint(dataset, p.loss, p.beta, p.run) for p in points(betas)]
+
+
+def candidate_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS) -> list[str]:
+    """The β-VAEs of every run :func:`select_run` may pick."""
+    check_choice("dataset", dataset, DATASETS)
+    return [D.checkpoint(dataset, p.loss, p.beta, p.run) for p in D.grid(betas, [LOSS], D.N_RUNS)]
 
 
 def training_jobs(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS, **_: Any) -> list:
@@ -99,7 +114,8 @@ def activation_table(exp: Experiment, vaes: Mapping[D.GridPoint, tuple[torch.nn.
         mu_vis = _encode(model.encoder, res.images, exp.device)
         for k, j in enumerate(res.units):
             t = mu_test[:, j].double()
-            rows.append({"beta": p.beta, "unit": j + 1, "n_test": len(test_x), "mu_vis_leaky": float(res.final[k]),
+            rows.append({"beta": p.beta, "run": p.run, "unit": j + 1, "n_test": len(test_x),
+                         "mu_vis_leaky": float(res.final[k]),
                          "mu_vis": float(mu_vis[k, j]), "test_max": float(t.max()),
                          "test_q99": float(torch.quantile(t, 0.99)), "test_mean": float(t.mean()),
                          "test_std": float(t.std()) if len(t) > 1 else float("nan"),
@@ -227,7 +243,8 @@ def verdicts(exp: Experiment, table: pd.DataFrame, similarity: pd.DataFrame) -> 
             + (f"median {ratio.median():.2f} (range {ratio.min():.2f}–{ratio.max():.2f})" if len(ratio) else "n/a")
             + f"; {n_above}/{len(used)} such pictures exceed every test image; collapsed units {collapsed}"
             + (f"; mean Pearson correlation between the pictures of different units {sim}" if sim else ""))
-    return [Verdict("3 (extension) feature visualisation", exp.dataset, f"β-VAE run 0 (d={d})",
+    run = int(table["run"].iloc[0]) if "run" in table else RUN
+    return [Verdict("3 (extension) feature visualisation", exp.dataset, f"β-VAE run {run} (d={d})",
                     "activation reached by the unit's visualisation vs test images", ours, ANCHOR, ANCHOR_SOURCE,
                     "none: FACT states no testable claim about the pictures (qualitative extension), so the verdict "
                     "is inconclusive by construction", "inconclusive")]
@@ -237,4 +254,5 @@ def verdicts(exp: Experiment, table: pd.DataFrame, similarity: pd.DataFrame) -> 
 #: What the book and ``make checkpoints`` know of this page: Claim 3's β-VAEs (run 0) at ``betas``, trained by
 #: Claim 3's jobs (so no ``train`` of its own).
 SPEC = ClaimSpec(NOTEBOOK, DATASETS, MODELS, data=data_requirements, checkpoints=required_checkpoints,
-                 checkpoint_params=("betas",), jobs=training_jobs, job_params=("betas",))
+                 checkpoint_params=("betas",), jobs=training_jobs, job_params=("betas",),
+                 optional=candidate_checkpoints)

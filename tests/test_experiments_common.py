@@ -320,11 +320,9 @@ def test_resolve_runs_uses_the_complete_shipped_runs_in_inference_and_the_papers
     from lfxai_utils.checkpoints import checkpoint_paths
     from lfxai_utils.experiments import pretext as P
 
-    def ship(*names):
+    def ship(*names, sha="new"):
         for n in names:
-            for path in checkpoint_paths(tmp_path / "ckpt", n):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("x")
+            _write_manifest(tmp_path / "ckpt", n, sha=sha)
 
     def required(k):
         return P.required_checkpoints("cifar10", None, k)
@@ -343,6 +341,11 @@ def test_resolve_runs_uses_the_complete_shipped_runs_in_inference_and_the_papers
     ship(*required(7))
     assert inf.resolve_runs(None, 5, required) == 5                 # never more than the paper's
     assert inf.resolve_runs(3, 5, required) == 3                    # an explicit n_runs is kept
+    ship(*[n for n in required(3) if "_run2" in n], sha="old")      # run 2 trained on other data: the prefix ends
+    assert inf.resolve_runs(None, 5, required) == 2
+    ship(required(1)[0], sha="old")                                 # run 0 half retrained: nothing can be used
+    with pytest.raises(CheckpointNotFoundError, match="run 0's models were trained differently"):
+        inf.resolve_runs(None, 5, required)
     assert _setup(tmp_path, dataset="cifar10", mode="train").resolve_runs(None, 5, required) == 5
 
 

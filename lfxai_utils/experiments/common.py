@@ -213,7 +213,8 @@ class RunSelection:
             out.append(f"`n_runs = {n_runs}` asked for {n_runs}: only {k} can be used.")
         if spare:
             out.append(f"Run{'s' if len(spare) > 1 else ''} {_runs_text(spare)} {'are' if len(spare) > 1 else 'is'} "
-                       f"trained alike too; only the first {k} {'is' if k == 1 else 'are'} used (`n_runs = {n_runs}`).")
+                       f"trained alike too; only the first {k} {'is' if k == 1 else 'are'} used "
+                       f"(`n_runs = {paper if n_runs is None else n_runs}`).")
         if other:
             out.append("Left out: " + "; ".join(f"run {r}, {w}" for r, w in other.items()) + ".")
         if self.kind == "stale" or other:
@@ -349,8 +350,11 @@ class Experiment:
     def resolve_runs(self, n_runs: int | None, paper: int, required: Callable[[int], Sequence[str]]) -> int:
         """``n_runs``, or for ``None`` (the notebooks' default): the paper's ``paper`` runs when training, and in
         inference mode the runs ``0..k-1`` whose every checkpoint (``required(k)``: the names for ``k`` runs) is in
-        the checkpoint folder, at most ``paper``; ``CheckpointNotFoundError`` naming the train command when not
-        even run 0 is there. So ``papermill notebook.ipynb -p dataset D`` uses whatever is shipped for ``D``."""
+        the checkpoint folder and was trained like run 0's (:func:`training_signature`: a run retrained at another
+        budget or on other data ends the prefix, so runs trained differently are never mixed), at most ``paper``;
+        ``CheckpointNotFoundError`` naming the train command when not even run 0 can be used. So
+        ``papermill notebook.ipynb -p dataset D`` uses whatever is shipped for ``D``. (A page that can use any
+        set of runs, not only a prefix, picks them with :meth:`select_runs`.)"""
         if n_runs is not None:
             return n_runs
         if self.mode != "inference" or self.smoke:
@@ -358,15 +362,23 @@ class Experiment:
         def shipped(name: str) -> bool:
             return all(p.exists() for p in checkpoint_paths(self.checkpoint_dir, name))
 
-        k = 0
+        def signatures(names: Sequence[str]) -> set:
+            return {training_signature(read_manifest(self.checkpoint_dir, n)) for n in names}
+
+        k, first = 0, None
         while k < paper and all(shipped(n) for n in required(k + 1)):
-            k += 1
+            sigs = signatures([n for n in required(k + 1) if n not in set(required(k))])
+            if len(sigs) != 1 or (first is not None and sigs != first):
+                break
+            first, k = sigs, k + 1
         if k == 0:
             missing = [n for n in required(1) if not shipped(n)]
+            why = (f"missing e.g. {missing[0]}" if missing else
+                   "run 0's models were trained differently: some retrained, some not")
             raise CheckpointNotFoundError(
                 f"no complete run of this page's models for {self.label} in {_short(self.checkpoint_dir)} "
-                f"(missing e.g. {missing[0]}); train them: {self.papermill_command('train')}")
-        print(f"n_runs = None: the {k} run(s) whose checkpoints are in {_short(self.checkpoint_dir)} "
+                f"({why}); train them: {self.papermill_command('train')}")
+        print(f"n_runs = None: the {k} run(s) whose checkpoints are in {_short(self.checkpoint_dir)}, trained alike "
               f"(the paper: {paper}; `-p n_runs N` chooses)")
         return k
 

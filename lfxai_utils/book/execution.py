@@ -85,12 +85,18 @@ def _data_fingerprint(name: str, kwargs: Mapping[str, Any], layout: Layout, memo
     return memo[key]
 
 
+def _checkpoint_fingerprint(pt: Path, manifest: Path) -> dict[str, Any]:
+    """What identifies a shipped checkpoint for the page cache: its manifest's sha256 and the weights' size."""
+    return {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(), "size": pt.stat().st_size}
+
+
 def check_page(page: Page, mode: str = "inference", *, registry: Registry | None = None,
                layout: Layout | None = None, data_memo: dict | None = None) -> Readiness:
     """Is everything this page needs present here? Returns the reasons if not, and a fingerprint of the inputs.
 
     Data: every ``data_requirements`` entry must load with ``download=False``. Checkpoints (inference mode only):
-    every ``required_checkpoints`` name needs its ``.pt`` and its ``.json`` manifest in ``checkpoints/``.
+    every ``required_checkpoints`` name needs its ``.pt`` and its ``.json`` manifest in ``checkpoints/``; the
+    ``optional_checkpoints`` present join the fingerprint.
     """
     registry = registry or default_registry()
     layout = layout or Layout()
@@ -112,13 +118,11 @@ def check_page(page: Page, mode: str = "inference", *, registry: Registry | None
             elif not manifest.is_file():
                 unlisted.append(f"`checkpoints/{name}.json`")
             else:
-                fp["checkpoints"][name] = {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-                                           "size": pt.stat().st_size}
-        for name in registry.page_optional_checkpoints(page, mode):
+                fp["checkpoints"][name] = _checkpoint_fingerprint(pt, manifest)
+        for name in registry.page_optional_checkpoints(page, mode):   # fingerprinted when present, never required
             pt, manifest = layout.checkpoints / f"{name}.pt", layout.checkpoints / f"{name}.json"
             if pt.is_file() and manifest.is_file():
-                fp["checkpoints"][name] = {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-                                           "size": pt.stat().st_size}
+                fp["checkpoints"][name] = _checkpoint_fingerprint(pt, manifest)
         if absent:
             reasons.append(f"checkpoints not shipped ({len(absent)}): {', '.join(absent)}")
         if unlisted:

@@ -764,7 +764,9 @@ def test_fresh_clone_orders_a_parallel_build_by_the_committed_timings(repo, monk
                 self.started = getattr(self, "started", []) + [parameters["dataset"]]
             return super().__call__(src, out, parameters, **kw)
 
-    fake = Recording(seconds=0.3)
+    # each page takes 1 s: long enough that the second worker has started its page before the first worker's page
+    # ends, even on a loaded machine (with 0.3 s a starved thread let the third page start second)
+    fake = Recording(seconds=1.0)
     monkeypatch.setattr(papermill, "execute_notebook", fake)
     book.run(["--no-html", "--jobs", "2"], registry=make_registry(chapters=chapters), layout=Layout(repo))
     assert set(fake.started[:2]) == {"cifar10", "ecg5000"} and fake.started[2] == "mnist"

@@ -235,9 +235,12 @@ def test_channels_last_trains_the_same_model_to_float_tolerance(arch, kwargs, sh
     # entries, so compare what the model computes: the same outputs to float tolerance
     with torch.no_grad():
         torch.testing.assert_close(b(x), a(x), rtol=1e-3, atol=1e-3)
-    close = [torch.isclose(b.state_dict()[k], v, rtol=1e-3, atol=1e-4).double().mean().item()
-             for k, v in a.state_dict().items() if v.is_floating_point()]
-    assert min(close) > 0.99
+    # ... and nearly every weight: pooled over the model, since on some CPUs one entry of a 16-entry bias differs by
+    # 2e-4 (a per-tensor share would then be 15/16), and no weight far off
+    names = [k for k, v in a.state_dict().items() if v.is_floating_point()]
+    wa, wb = (torch.cat([m.state_dict()[k].flatten() for k in names]) for m in (a, b))
+    assert torch.isclose(wb, wa, rtol=1e-3, atol=1e-4).double().mean().item() > 0.99
+    assert (wb - wa).abs().max().item() < 1e-2
     assert all(v.is_contiguous() for v in b.state_dict().values())   # handed back (and saved) in the default layout
     assert [h["train_loss"] for h in ra.history] == pytest.approx([h["train_loss"] for h in rb.history], rel=1e-4)
     assert all(v.is_contiguous() for _, s in rb.tracin_checkpoints for v in s.values())

@@ -758,14 +758,19 @@ def test_fresh_clone_orders_a_parallel_build_by_the_committed_timings(repo, monk
     assert execution._longest_first(pages, {"claim_a__mnist": {"seconds": 999.0}}, rec) == [0, 2, 1, 3]
     assert execution._longest_first(pages, {}) == [0, 1, 2, 3]          # nothing known: the registry's order
 
+    # the pages take 3 s (cifar10) and 1 s (the others), counted from the moment they are recorded as started: the
+    # second worker has started its page long before the first worker's page ends, even on a loaded machine, and the
+    # ecg5000 worker is free 2 s before the cifar10 worker, so the queue's third page (mnist) starts before its
+    # fourth (with equal times both workers came free together and the fourth page could reach papermill first)
     class Recording(ConcurrentFakePapermill):
         def __call__(self, src, out, parameters=None, **kw):
+            import time
+
             with self.lock:
                 self.started = getattr(self, "started", []) + [parameters["dataset"]]
+            time.sleep(2.0 if parameters["dataset"] == "cifar10" else 0.0)
             return super().__call__(src, out, parameters, **kw)
 
-    # each page takes 1 s: long enough that the second worker has started its page before the first worker's page
-    # ends, even on a loaded machine (with 0.3 s a starved thread let the third page start second)
     fake = Recording(seconds=1.0)
     monkeypatch.setattr(papermill, "execute_notebook", fake)
     book.run(["--no-html", "--jobs", "2"], registry=make_registry(chapters=chapters), layout=Layout(repo))

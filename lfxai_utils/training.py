@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import random
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, Union
 
@@ -19,7 +22,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 from tqdm.auto import tqdm
 
-from ._utils import resolve_device, seed_everything
+from ._utils import atomic_torch_save, resolve_device, seed_everything
 
 Data = Union[Dataset, Sequence[Tensor]]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -207,12 +210,60 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, batches, e
     return total / count
 
 
+RESUME_FORMAT = 1
+
+
+def _rng_state(dev: torch.device) -> dict[str, Any]:
+    """Every random state a training step may draw from (shuffling has its own generator), in types that
+    ``torch.load(weights_only=True)`` reads back."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss))}
+    if dev.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dev)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], dev: torch.device) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    if dev.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], dev)
+
+
+def _load_resume(path: Path, key: str) -> dict[str, Any] | None:
+    """The training state saved at ``path`` by an interrupted :func:`fit` with the same settings (``key``), or
+    ``None`` (nothing saved; or saved by other settings or unreadable: then it says so and training starts over)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+            raise ValueError("not a training state of this version")
+    except Exception as err:  # noqa: BLE001 - a damaged state file only costs the epochs it held
+        print(f"note: ignoring the unreadable training state {path} ({type(err).__name__}: {err}); "
+              "training from epoch 0")
+        return None
+    if state.get("key") != key:
+        print(f"note: the training state {path} was saved with other settings; training from epoch 0")
+        return None
+    return state
+
+
 def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val_fraction: float = 0.1,
         n_epochs: int, batch_size: int, lr: float = 1e-3, weight_decay: float = 1e-5, patience: int | None = 10,
         seed: int = 0, device: str | torch.device = "auto", checkpoint_every: int | None = None,
         optimizer: str | OptimizerFactory = "adam", scheduler: str | SchedulerFactory | None = None,
         drop_last: bool = False, progress: bool = True, max_train_examples: int | None = None,
-        desc: str = "training", memory_format: str = "auto") -> TrainResult:
+        desc: str = "training", memory_format: str = "auto", resume: str | Path | None = None,
+        resume_key: Any = None) -> TrainResult:
     """Train ``model`` by minimising ``model.loss(batch)`` over ``(x, y)`` batches.
 
     Parameters
@@ -254,6 +305,14 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
     memory_format
         ``"contiguous"``, ``"channels_last"`` (NHWC weights and image batches; same results to float
         tolerance) or ``"auto"``: :data:`FAST_PATH` of the model's architecture (else contiguous).
+    resume
+        a file for the training state: written atomically after every epoch (weights, optimiser, schedule,
+        early-stopping state, history, TracIn copies, every random state), and read at the start, so a training
+        killed at any point continues from its last finished epoch, to the same weights bit for bit on the same
+        machine and thread count. A state saved with other settings (the arguments above, the split sizes and
+        ``resume_key``) or unreadable is ignored, with a note. The caller deletes the file once the model is saved.
+    resume_key
+        anything JSON-serialisable that must also match for a saved state to be resumed (e.g. the data files).
 
     Returns
     -------
@@ -286,8 +345,31 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
     history: list[dict[str, Any]] = []
     tracin: list[tuple[int, dict[str, Tensor]]] = []
     best_val, best_epoch, best_state, wait, stopped = math.inf, 0, None, 0, False
-    start = time.perf_counter()
-    bar = tqdm(range(n_epochs), desc=desc, disable=not progress, leave=False)
+    start, earlier = time.perf_counter(), 0.0
+    key = json.dumps({"n_epochs": n_epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                      "patience": patience, "seed": seed, "device": dev.type, "checkpoint_every": checkpoint_every,
+                      "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__qualname__",
+                                                                                          repr(optimizer)),
+                      "scheduler": scheduler if scheduler is None or isinstance(scheduler, str)
+                      else getattr(scheduler, "__qualname__", repr(scheduler)),
+                      "drop_last": drop_last, "memory_format": memory_format, "n_train": n_train, "n_val": n_val,
+                      "model": type(model).__qualname__, "key": resume_key}, sort_keys=True, default=str)
+    saved = _load_resume(Path(resume), key) if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(saved["scheduler"])
+        history, tracin = saved["history"], [tuple(t) for t in saved["tracin"]]
+        best_val, best_epoch, best_state = saved["best_val"], saved["best_epoch"], saved["best_state"]
+        wait, stopped, earlier = saved["wait"], saved["stopped"], saved["seconds"]
+        shuffle_gen.set_state(saved["shuffle_gen"])
+        _set_rng_state(saved["rng"], dev)
+        if progress:
+            print(f"{desc}: resuming after epoch {len(history) - 1} from {resume}")
+    first = len(history)
+    bar = tqdm(range(first, n_epochs if not stopped else first), desc=desc, disable=not progress, leave=False,
+               initial=first, total=n_epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         order = train_idx[torch.randperm(n_train, generator=shuffle_gen)]
@@ -307,8 +389,15 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
             wait += 1
         if checkpoint_every and epoch % checkpoint_every == 0:
             tracin.append((epoch, _state_copy(model)))
-        if patience is not None and n_val and wait >= patience:
-            stopped = True
+        stopped = patience is not None and bool(n_val) and wait >= patience
+        if resume is not None:
+            atomic_torch_save({
+                "format": RESUME_FORMAT, "key": key, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "history": history,
+                "tracin": tracin, "best_val": best_val, "best_epoch": best_epoch, "best_state": best_state,
+                "wait": wait, "stopped": stopped, "seconds": earlier + time.perf_counter() - start,
+                "shuffle_gen": shuffle_gen.get_state(), "rng": _rng_state(dev)}, resume)
+        if stopped:
             break
     bar.close()
     if best_state is not None:
@@ -319,5 +408,5 @@ def fit(model: nn.Module, train_data: Data, *, val_data: Data | None = None, val
     return TrainResult(
         history=history, best_epoch=best_epoch, epochs_run=len(history),
         best_val_loss=best_val if n_val else None, final_train_loss=history[-1]["train_loss"], seed=seed,
-        n_train=n_train, n_val=n_val, stopped_early=stopped, train_seconds=time.perf_counter() - start,
+        n_train=n_train, n_val=n_val, stopped_early=stopped, train_seconds=earlier + time.perf_counter() - start,
         tracin_checkpoints=tracin)

@@ -482,3 +482,37 @@ def test_select_runs_never_mixes_models_trained_differently(tmp_path):
     # train mode and smoke runs train every run: 0..n-1
     assert _setup(tmp_path, mode="train").select_runs(None, 5, jobs).runs == [0, 1, 2, 3, 4]
     assert _setup(tmp_path, mode="train").select_runs(2, 5, jobs).kind == "train"
+
+
+def test_get_model_resumes_a_stopped_training_and_cleans_up_its_state(tmp_path, monkeypatch):
+    """A training stopped mid-way (a killed ``make checkpoints``) leaves its state in ``<ckpt>/.resume``; the next
+    train run continues from the last finished epoch to the same weights as an uninterrupted training, saves the
+    checkpoint, and deletes the state (the checkpoint folder holds only checkpoints again)."""
+    from lfxai_utils import training
+
+    write_fixture("mnist", tmp_path / "data", n_train=64, n_test=16)
+    spec = _tiny_spec().with_(n_epochs=3)
+    ref = _setup(tmp_path, mode="train", checkpoint_dir=str(tmp_path / "ref"))
+    splits = ref.load_data()
+    info = common.json_data_info(splits)
+    ref_model, _ = ref.get_model("ae", spec, splits.train, data_info=info)
+
+    real, calls = training._train_epoch, []
+
+    def train_epoch(model, opt, sched, batches, epoch, nhwc):
+        calls.append(epoch)
+        if epoch == 2 and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(model, opt, sched, batches, epoch, nhwc)
+
+    monkeypatch.setattr(training, "_train_epoch", train_epoch)
+    exp = _setup(tmp_path, mode="train")
+    state = exp.resume_path("ae")
+    assert state == tmp_path / "ckpt" / ".resume" / "ae.pt"
+    with pytest.raises(KeyboardInterrupt):
+        exp.get_model("ae", spec, splits.train, data_info=info)
+    assert state.exists() and not (tmp_path / "ckpt" / "ae.pt").exists()
+    model, manifest = _setup(tmp_path, mode="train").get_model("ae", spec, splits.train, data_info=info)
+    assert calls == [0, 1, 2, 2] and manifest["training"]["epochs_run"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()))
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"ae.pt", "ae.json"}

@@ -267,3 +267,132 @@ def test_fast_path_table_picks_channels_last_only_where_measured_and_auto_uses_i
     assert torch.channels_last not in seen
     with pytest.raises(ValueError, match="memory_format"):
         fit(build_model("mnist_ae", latent_dim=2), (x, y), n_epochs=1, batch_size=16, memory_format="nhwc")
+
+
+# ------------------------------------------------------------------------------------------ resume
+class NoisyAE(TinyAE):
+    """TinyAE whose training loss draws from torch's, NumPy's and Python's global random states (a VAE's
+    reparameterisation draws from torch's): resuming must restore all three."""
+
+    def loss(self, batch):
+        import random
+
+        import numpy as np
+
+        x = batch[0]
+        noise = 0.1 * torch.randn_like(x) + 0.01 * torch.from_numpy(np.random.randn(*x.shape)).float()
+        return F.mse_loss(self(x + noise), x) * (1 + 0.01 * random.random()) if self.training else \
+            F.mse_loss(self(x), x)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(monkeypatch, epoch):
+    """Make the ``epoch``-th training epoch raise, as a killed process would stop there."""
+    from lfxai_utils import training as T
+
+    real, calls = T._train_epoch, []
+
+    def train_epoch(model, opt, sched, batches, e, nhwc):
+        calls.append(e)
+        if e == epoch:
+            raise Interrupt
+        return real(model, opt, sched, batches, e, nhwc)
+
+    monkeypatch.setattr(T, "_train_epoch", train_epoch)
+    return calls
+
+
+def _noisy_fit(x, y, **kw):
+    torch.manual_seed(0)
+    model = NoisyAE()
+    kw = {"n_epochs": 6, "batch_size": 10, "seed": 3, "device": "cpu", "progress": False, "checkpoint_every": 2,
+          "scheduler": "cosine", "lr": 1e-2, **kw}
+    return model, fit(model, (x, y), **kw)
+
+
+def _same_history(a, b):
+    return [{**h, "seconds": 0} for h in a] == [{**h, "seconds": 0} for h in b]
+
+
+def test_an_interrupted_fit_resumes_from_its_last_epoch_to_the_same_weights(tmp_path, monkeypatch, capsys):
+    x, y = tiny_data()
+    ref_model, ref = _noisy_fit(x, y)                                   # never interrupted, no state file
+    state = tmp_path / "state" / "m.pt"
+    calls = _interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupt):
+        _noisy_fit(x, y, resume=state, resume_key={"data": "a"})
+    assert state.exists() and calls == [0, 1, 2, 3]
+    saved = torch.load(state, weights_only=True)
+    assert len(saved["history"]) == 3 and _same_history(saved["history"], ref.history[:3])
+    monkeypatch.undo()
+    calls = _interrupt_at(monkeypatch, -1)
+    torch.manual_seed(123)                                              # the global random state is not run 0's
+    model, res = _noisy_fit(x, y, resume=state, resume_key={"data": "a"})
+    assert calls == [3, 4, 5]                                           # only the missing epochs ran
+    assert states_equal(model.state_dict(), ref_model.state_dict())     # bit for bit
+    assert _same_history(res.history, ref.history) and res.best_epoch == ref.best_epoch
+    assert [e for e, _ in res.tracin_checkpoints] == [0, 2, 4]
+    assert all(states_equal(a, b) for (_, a), (_, b) in zip(res.tracin_checkpoints, ref.tracin_checkpoints))
+    assert "resuming after epoch 2" not in capsys.readouterr().out     # progress=False: silent
+    # a finished state returns the finished model without training again
+    calls.clear()
+    model, res = _noisy_fit(x, y, resume=state, resume_key={"data": "a"})
+    assert calls == [] and states_equal(model.state_dict(), ref_model.state_dict()) and res.epochs_run == 6
+    # other settings, other data, a damaged file: ignored with a note, training starts over
+    for kw, why in [({"lr": 2e-2, "resume_key": {"data": "a"}}, "other settings"),
+                    ({"resume_key": {"data": "b"}}, "other settings")]:
+        calls.clear()
+        _noisy_fit(x, y, resume=state, **kw)
+        assert calls == [0, 1, 2, 3, 4, 5] and why in capsys.readouterr().out
+    state.write_bytes(b"not a torch file")
+    calls.clear()
+    model, _ = _noisy_fit(x, y, resume=state)
+    assert calls == list(range(6)) and "unreadable" in capsys.readouterr().out
+    assert states_equal(model.state_dict(), ref_model.state_dict())
+
+
+def test_resume_keeps_the_early_stopping_state(tmp_path, monkeypatch):
+    """Interrupted two epochs after the best one (patience 2): the resumed run stops one epoch later, exactly
+    where the uninterrupted run stopped, and restores the best epoch's weights saved before the interruption."""
+    x, val = torch.ones(20, 1), (torch.ones(4, 1),)
+    losses = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8]
+    ref_model = Scripted(losses)
+    ref = fit(ref_model, (x,), val_data=val, n_epochs=7, batch_size=10, patience=2, lr=0.1, device="cpu",
+              progress=False)
+    state = tmp_path / "m.pt"
+    _interrupt_at(monkeypatch, 4)
+    with pytest.raises(Interrupt):
+        fit(Scripted(losses), (x,), val_data=val, n_epochs=7, batch_size=10, patience=2, lr=0.1, device="cpu",
+            progress=False, resume=state)
+    monkeypatch.undo()
+    model = Scripted(losses[4:])                                        # its scripted losses go on from epoch 4
+    res = fit(model, (x,), val_data=val, n_epochs=7, batch_size=10, patience=2, lr=0.1, device="cpu",
+              progress=False, resume=state)
+    assert (res.stopped_early, res.epochs_run, res.best_epoch, res.best_val_loss) == (True, 5, 2, 3.0)
+    assert (ref.stopped_early, ref.epochs_run, ref.best_epoch) == (True, 5, 2)
+    assert torch.equal(model.w.detach(), ref_model.w.detach())
+
+
+@pytest.mark.parametrize("arch,kwargs", [("vae", {"img_size": [1, 32, 32], "latent_dim": 3, "loss": "tc",
+                                                   "beta": 5.0})])
+def test_resume_is_exact_for_a_channels_last_vae(tmp_path, monkeypatch, arch, kwargs):
+    """The grid this exists for: a β-TCVAE trained channels_last (its reparameterisation draws from torch's random
+    state) resumes to the same weights as an uninterrupted run."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(48, 1, 32, 32, generator=g), torch.zeros(48, dtype=torch.long)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = build_model(arch, **kwargs)
+        fit(model, (x, y), n_epochs=3, batch_size=16, seed=5, device="cpu", progress=False, **kw)
+        return model
+
+    ref = run()
+    _interrupt_at(monkeypatch, 2)
+    with pytest.raises(Interrupt):
+        run(resume=tmp_path / "vae.pt")
+    monkeypatch.undo()
+    assert states_equal(run(resume=tmp_path / "vae.pt").state_dict(), ref.state_dict())

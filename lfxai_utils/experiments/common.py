@@ -13,6 +13,7 @@ One code path for every dataset: the per-dataset settings live in :data:`AE_SPEC
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -71,6 +72,8 @@ AE_SPECS: dict[str, ModelSpec] = {
 
 #: What a smoke run shrinks every model to (the point is to exercise the code path, in seconds).
 SMOKE_TRAINING = {"n_epochs": 2, "patience": None}
+#: Folder of the checkpoint folder where a training in progress keeps its state (:meth:`Experiment.resume_path`).
+RESUME_DIR = ".resume"
 
 
 def check_choice(name: str, value: Any, valid: Sequence[Any]) -> Any:
@@ -338,14 +341,25 @@ class Experiment:
                     raise
         seed_everything(seed)
         model = build_model(spec.arch, **arch_kwargs)
+        resume = self.resume_path(name)
         result: TrainResult = fit(model, train_data, val_data=val_data, seed=seed, device=self.device,
-                                  progress=self.progress, desc=desc or name, **budget)
+                                  progress=self.progress, desc=desc or name, resume=resume,
+                                  resume_key={"settings": saved_settings, "data": data_files(data_info)}, **budget)
         save_checkpoint(model, self.checkpoint_dir, name, data_info=data_info, train_result=result,
                         settings=saved_settings)
+        resume.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):      # the folder goes with its last state (another training may use it)
+            resume.parent.rmdir()
         self.trained.append(name)
         manifest = read_manifest(self.checkpoint_dir, name)
         self.manifests[name], self.paper_epochs[name] = manifest, spec.n_epochs
         return model.to(self.device).eval(), manifest
+
+    def resume_path(self, name: str) -> Path:
+        """Where training checkpoint ``name`` keeps its state between epochs (:func:`~lfxai_utils.training.fit`'s
+        ``resume``), so that a stopped ``make checkpoints`` or notebook continues from the last finished epoch:
+        ``<checkpoint_dir>/.resume/<name>.pt`` (git-ignored; deleted once the checkpoint is saved)."""
+        return self.checkpoint_dir / RESUME_DIR / f"{name}.pt"
 
     def resolve_runs(self, n_runs: int | None, paper: int, required: Callable[[int], Sequence[str]]) -> int:
         """``n_runs``, or for ``None`` (the notebooks' default): the paper's ``paper`` runs when training, and in

@@ -1,9 +1,11 @@
-"""Micro-benchmark of lfxai_utils.examples on the ORIG MNIST autoencoder (experiments.md §1.1).
+"""Micro-benchmark of lfxai_utils.examples on the ORIG MNIST autoencoder (experiments.md §1.1), and of the
+per-example gradient modes on the ECG5000 LSTM autoencoder (``--lstm``).
 
 The encoder (≈43.4k parameters) and decoder are built here, ad hoc, with random weights: timings do not
 depend on training. Nothing is written to disk.
 
     PYTHONPATH=. .venv/bin/python bench/bench_examples.py --n 200 --depth 5 --batch 64 --checkpoints 2
+    PYTHONPATH=. .venv/bin/python bench/bench_examples.py --lstm --n 256
 """
 from __future__ import annotations
 
@@ -57,6 +59,24 @@ def _timed(label: str, fn):
     return out, dt
 
 
+def lstm_grad_modes(n: int, chunk: int) -> None:
+    """Per-example encoder gradients of the ECG5000 LSTM autoencoder (d = 64, 140 steps; the TracIn and
+    influence-function gradients of Claim 1.2 on ECG5000) by each mode, and how far they are from the loop's."""
+    from lfxai_utils.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("ecg_ae").eval()
+    x = torch.randn(n, 140, 1)
+    loss = E.reconstruction_loss("l1")
+    ref = None
+    for mode in ("loop", "capture"):
+        g, dt = _timed(f"ECG LSTM AE per-example gradients, {mode} ({n} examples)",
+                       lambda: E.per_example_gradients(model, loss, x, grad_mode=mode, chunk_size=chunk, device="cpu"))
+        ref = g if ref is None else ref
+        print(f"{'':<48s} {1000 * dt / n:8.2f} ms per example; max |Δ| vs loop "
+              f"{(g - ref).abs().max().item() / ref.abs().max().item():.1e} (relative)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="train and test examples")
@@ -65,7 +85,10 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=2)
     ap.add_argument("--hvp-chunk", type=int, default=32)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--lstm", action="store_true", help="only the per-example gradient modes on the ECG LSTM AE")
     args = ap.parse_args()
+    if args.lstm:
+        return lstm_grad_modes(args.n, args.batch)
 
     torch.manual_seed(0)
     model = AutoEncoderMnist()

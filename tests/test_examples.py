@@ -123,10 +123,11 @@ def _images(n, seed=0, dtype=torch.float32):
     return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def _brute_grads(model, loss_fn, x):
-    """One autograd.grad call per example, eval mode, encoder parameters only."""
+def _brute_grads(model, loss_fn, x, names=None):
+    """One autograd.grad call per example, eval mode; the encoder's parameters, or those ``names`` in order."""
     m = copy.deepcopy(model).eval()
-    ps = list(m.encoder.parameters())
+    named = dict(m.named_parameters())
+    ps = list(m.encoder.parameters()) if names is None else [named[n] for n in names]
     rows = []
     for i in range(len(x)):
         loss = loss_fn(m, x[i : i + 1]).sum()
@@ -190,7 +191,7 @@ def test_per_example_gradients_match_bruteforce_batchnorm_eval():
     torch.testing.assert_close(gs, torch.cat([expected[:, -3:], expected[:, :18]], dim=1), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("grad_mode", ["auto", "vmap", "loop"])
+@pytest.mark.parametrize("grad_mode", ["auto", "vmap", "capture", "loop"])
 def test_per_example_gradients_lstm(grad_mode):
     torch.manual_seed(0)
     model = LSTMAE()
@@ -199,23 +200,95 @@ def test_per_example_gradients_lstm(grad_mode):
     torch.testing.assert_close(g, _brute_grads(model, L1, x), rtol=1e-5, atol=1e-6)
 
 
-def test_auto_grad_mode_picks_loop_for_cpu_lstm_and_vmap_for_convs():
-    # CPU LSTM kernels have no vmap batching rule: functorch loops internally, ~7x slower than our loop
-    for model, x, mode in [(LSTMAE().eval(), torch.randn(3, 6, 1), "loop"), (ConvAE().eval(), _images(3), "vmap")]:
+def test_auto_grad_mode_picks_capture_for_cpu_lstm_and_vmap_for_convs():
+    # CPU LSTM kernels have no vmap batching rule: functorch loops internally, ~7x slower than our loop, which is
+    # slower than one batched backward pass through the unrolled LSTM (capture)
+    for model, x, mode in [(LSTMAE().eval(), torch.randn(3, 6, 1), "capture"),
+                           (ConvAE().eval(), _images(3), "vmap")]:
         eng = E._Engine(model, MSE, E.encoder_parameter_names(model), torch.device("cpu"))
         eng.grads(x, chunk_size=2)
         assert eng.grad_mode == mode
 
 
-def test_per_example_gradients_fall_back_to_loop_when_vmap_fails():
+class TwoLSTMAE(nn.Module):
+    """The shipped ECG architecture in small: two stacked LSTMs (the first's whole output sequence feeds the
+    second), a decoder LSTM fed the latent repeated over time, and a Linear applied at every time step."""
+
+    def __init__(self, T: int = 5, d: int = 3):
+        super().__init__()
+        self.T = T
+        self.rnn1, self.rnn2 = nn.LSTM(2, 2 * d, batch_first=True), nn.LSTM(2 * d, d, batch_first=True)
+        self.dec = nn.LSTM(d, d, batch_first=True)
+        self.out = nn.Linear(d, 2)
+
+    def forward(self, x):
+        h, _ = self.rnn1(x)
+        _, (z, _) = self.rnn2(h)
+        y, _ = self.dec(z[-1].unsqueeze(1).expand(-1, self.T, -1))
+        return self.out(y)
+
+
+def test_capture_gives_every_lstm_and_linear_parameter_its_per_example_gradient():
+    """Against one autograd.grad per example: every parameter of stacked LSTMs, of an LSTM fed an expanded input
+    and of a Linear applied per time step (gradients summed over time), on a chunk size that splits the data."""
+    torch.manual_seed(0)
+    model = TwoLSTMAE().eval()
+    x = torch.randn(7, 5, 2)
+    names = [n for n, _ in model.named_parameters()]
+    g = E.per_example_gradients(model, MSE, x, params=names, chunk_size=3, grad_mode="capture", device="cpu")
+    torch.testing.assert_close(g, _brute_grads(model, MSE, x, names), rtol=1e-5, atol=1e-7)
+    # a subset in a given order: a module whose parameters are not selected runs as usual
+    sub = ["out.bias", "rnn2.weight_hh_l0"]
+    gs = E.per_example_gradients(model, MSE, x, params=sub, grad_mode="capture", device="cpu")
+    torch.testing.assert_close(gs, _brute_grads(model, MSE, x, sub), rtol=1e-5, atol=1e-7)
+    assert model.rnn1.forward.__func__ is nn.LSTM.forward        # the modules are handed back unpatched
+
+
+def test_capture_refuses_what_it_cannot_compute():
+    # a convolution's parameters: named in the error, with the modes that handle them
+    with pytest.raises(ValueError, match=r"capture.*Conv2d.*'vmap' or 'loop'"):
+        E.per_example_gradients(ConvAE(), MSE, _images(3), grad_mode="capture", device="cpu")
+
+    class Stacked(nn.Module):                                       # a two-layer LSTM: not unrolled by capture
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.LSTM(1, 3, num_layers=2, batch_first=True)
+
+        def forward(self, x):
+            return self.encoder(x)[0]
+
+    eng = E._Engine(Stacked().eval(), MSE, ["encoder.weight_ih_l0"], torch.device("cpu"))
+    assert eng.owners is None
+    eng.grads(torch.randn(3, 4, 1), chunk_size=2)
+    assert eng.grad_mode == "loop"                                  # auto: the loop, not capture
+
+
+class BatchCoupledEncoder(ItemEncoder):
+    """.item() (vmap fails) and a batch statistic: a batch's examples interact, so capture's batched pass is not
+    each example's own gradient."""
+
+    def forward(self, x):
+        z = super().forward(x)
+        return z - 0.5 * z.mean(0)
+
+
+def test_per_example_gradients_fall_back_when_vmap_fails():
     torch.manual_seed(0)
     model = ItemAE()
     x = _images(5)
-    with pytest.warns(RuntimeWarning, match="falling back"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                              # capture handles it: no fallback warning
         g = E.per_example_gradients(model, MSE, x, device="cpu")
     torch.testing.assert_close(g, _brute_grads(model, MSE, x), rtol=1e-5, atol=1e-7)
     with pytest.raises(Exception):
         E.per_example_gradients(model, MSE, x, grad_mode="vmap", device="cpu")
+    # capture disagrees with the loop on the probe (examples interact): the loop, with a warning
+    model.encoder = BatchCoupledEncoder()
+    eng = E._Engine(model.eval(), MSE, E.encoder_parameter_names(model), torch.device("cpu"))
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        g = eng.grads(x, chunk_size=5)
+    assert eng.grad_mode == "loop"
+    torch.testing.assert_close(g, _brute_grads(model, MSE, x), rtol=1e-5, atol=1e-7)
 
 
 def test_loss_fn_must_be_per_example():

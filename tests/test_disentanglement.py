@@ -33,14 +33,21 @@ class Linear(nn.Module):
 def test_checkpoint_names_and_required_checkpoints():
     assert X.checkpoint("mnist", "tc", 5, 2) == "claim3-disvae_mnist_tc-vae_beta5_run2"
     assert X.checkpoint("dsprites", "beta", 10.0, 0) == "claim3-disvae_dsprites_beta-vae_beta10_run0"
-    names = X.required_checkpoints("mnist")
+    names = X.grid_checkpoints("mnist")
     assert len(names) == 2 * 3 * 5 == len(set(names))
-    three = X.required_checkpoints("cifar100", n_runs=3)
+    three = X.grid_checkpoints("cifar100", n_runs=3)
     assert len(three) == 18 and "claim3-disvae_cifar100_tc-vae_beta10_run2" in three
     assert "claim3-disvae_cifar100_tc-vae_beta10_run3" not in three
     # papermill's -p passes lists as strings
-    assert X.required_checkpoints("mnist", betas="[1, 5]", losses="beta", n_runs=1) == [
+    assert X.grid_checkpoints("mnist", betas="[1, 5]", losses="beta", n_runs=1) == [
         "claim3-disvae_mnist_beta-vae_beta1_run0", "claim3-disvae_mnist_beta-vae_beta5_run0"]
+    # the page needs run 0 and takes the further runs that are shipped, up to n_runs: those are candidates only
+    run0 = [n for n in names if n.endswith("_run0")]
+    assert X.required_checkpoints("mnist") == X.required_checkpoints("mnist", n_runs=3) == run0 and len(run0) == 6
+    assert X.candidate_checkpoints("mnist", n_runs=2) == names
+    assert X.candidate_checkpoints("mnist", n_runs=7)[-1] == "claim3-disvae_mnist_tc-vae_beta10_run6"
+    with pytest.raises(ValueError, match="n_runs must be a positive integer"):
+        X.required_checkpoints("mnist", n_runs=0)
     assert [(p.loss, p.beta, p.run) for p in X.grid("10,1", ["tc"], 2)] == [
         ("tc", 1.0, 0), ("tc", 1.0, 1), ("tc", 10.0, 0), ("tc", 10.0, 1)]
     assert [(p.loss, p.beta, p.run) for p in X.grid([5], ["beta", "tc"], [0, 3])] == [   # the runs a page selected

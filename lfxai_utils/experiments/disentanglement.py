@@ -167,18 +167,29 @@ def data_requirements(dataset: str, model: str | None = None) -> list[tuple[str,
     return [(dataset, load_kwargs(dataset))]
 
 
-def required_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS,
-                         losses: Iterable[str] = LOSSES, n_runs: int | None = N_RUNS) -> list[str]:
-    """The checkpoints the page loads in inference mode (notebook defaults: 2 losses × 3 β × 5 runs; ``n_runs``
-    None: the paper's :data:`N_RUNS`)."""
+def grid_checkpoints(dataset: str, *, betas: Iterable[float] = BETAS, losses: Iterable[str] = LOSSES,
+                     n_runs: int | None = N_RUNS) -> list[str]:
+    """The checkpoints of the grid ``losses`` × ``betas`` × runs ``0..n_runs-1`` (``None``: the paper's
+    :data:`N_RUNS`), in :func:`grid` order."""
     points = grid(betas, losses, N_RUNS if n_runs is None else n_runs)
     return [checkpoint(dataset, p.loss, p.beta, p.run) for p in points]
+
+
+def required_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS,
+                         losses: Iterable[str] = LOSSES, n_runs: int | None = N_RUNS) -> list[str]:
+    """The checkpoints the page cannot do without in inference mode: run 0 of the grid (the run ``make checkpoints``
+    trains first). The page uses every further complete run that is shipped, up to ``n_runs``
+    (:func:`select_runs`; they are its :func:`candidate_checkpoints`), so a grid still being trained builds with the
+    runs it has, and says how many."""
+    if n_runs is not None:
+        validate_grid(betas, losses, n_runs)
+    return grid_checkpoints(dataset, betas=betas, losses=losses, n_runs=1)
 
 
 def candidate_checkpoints(dataset: str, model: str | None = None, *, betas: Iterable[float] = BETAS,
                           losses: Iterable[str] = LOSSES, n_runs: int | None = N_RUNS) -> list[str]:
     """Every checkpoint :func:`select_runs` may pick from: the paper's :data:`N_RUNS` runs (or ``n_runs`` if more)."""
-    return required_checkpoints(dataset, model, betas=betas, losses=losses, n_runs=max(N_RUNS, int(n_runs or 0)))
+    return grid_checkpoints(dataset, betas=betas, losses=losses, n_runs=max(N_RUNS, int(n_runs or 0)))
 
 
 def vae_spec(dataset: str, loss: str, beta: float) -> ModelSpec:
